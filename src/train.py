@@ -1,0 +1,68 @@
+"""Train a segmentation model: `python -m src.train [experiment=NAME] [key=value ...]`.
+
+Composes the config, seeds, builds datamodule, model, callbacks, loggers and trainer, fits (or resumes from
+`ckpt_path`), evaluates the best checkpoint on val (and test), prints the table, writes metrics.json into the run
+folder and returns the value of `optimized_metric` for sweeps.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from src.utils.build import build_datamodule, build_module, build_trainer
+from src.utils.checks import UserError, check_ckpt, check_fresh_output
+from src.utils.report import print_config, print_scores, write_metrics
+from src.utils.seeding import EpochSeed
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run training as `cfg` says; returns {"val": scores, "test": scores (if run)}."""
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = check_ckpt(cfg.get("ckpt_path"))
+    check_fresh_output(output_dir)
+    if cfg.get("extras", {}).get("print_config"):
+        print_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg)
+    datamodule.validate()
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg, extra_callbacks=[EpochSeed(cfg.seed)])
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = best or None  # fast_dev_run and debug runs save no checkpoint: evaluate the weights in memory
+    results = {}
+    trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    results["val"] = module.results["val"]
+    if cfg.get("test") and getattr(datamodule, "has_test", False):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        results["test"] = module.results["test"]
+    if trainer.is_global_zero:
+        for split, scores in results.items():
+            print_scores(scores, title=f"{split} scores ({'best checkpoint' if best else 'final weights'})")
+        extra = {"split": "val", "ckpt_path": best}
+        if "test" in results:
+            extra["test"] = results["test"]
+        write_metrics(output_dir / "metrics.json", results["val"], **extra)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        results = train(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    metric = cfg.get("optimized_metric")
+    return results["val"][metric] if metric else None
+
+
+if __name__ == "__main__":
+    main()

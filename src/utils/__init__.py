@@ -1,0 +1,1 @@
+"""Reusable pieces of the entry points: building from config, reports, checks, seeding."""

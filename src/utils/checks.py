@@ -1,0 +1,29 @@
+"""Checks that run before any long work, so a user's mistake ends in one clear message, not a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake in the command or config; the message names the key or file and the fix."""
+
+
+def check_ckpt(ckpt_path: str | None, key: str = "ckpt_path") -> Path | None:
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{key}={ckpt_path}: no such checkpoint file. Checkpoints of a run are in "
+                        "<run dir>/checkpoints/ (best: epoch*.ckpt, latest: last.ckpt).")
+    return path
+
+
+def check_fresh_output(output_dir: str | Path) -> None:
+    """Refuse to write a run into a folder that already holds another run's checkpoints or metrics."""
+    out = Path(output_dir)
+    taken = [p for p in (out / "checkpoints", out / "metrics.json") if p.exists() and (p.is_file() or any(p.iterdir()))]
+    if taken:
+        raise UserError(f"{out} already holds results of an earlier run ({taken[0].name}); nothing is overwritten. "
+                        "Choose another folder with hydra.run.dir=..., or resume that run with ckpt_path=.../last.ckpt "
+                        "(a resumed run writes to a new folder).")
