@@ -13,10 +13,11 @@ from typing import Callable, Sequence
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from src.metrics import SUMMARY_KEYS, SegMetrics
-from src.models.optim import param_groups
+from src.models.optim import BACKBONE_NAMES, param_groups
 
 
 class SegmentationModule(L.LightningModule):
@@ -59,8 +60,19 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @property
+    def backbone(self) -> nn.Module | None:
+        """The network's encoder (a sub-module named `encoder` or `backbone`), e.g. for freezing; None if none."""
+        for name in BACKBONE_NAMES:
+            for module_name, module in self.net.named_modules():
+                if module_name.split(".")[-1] == name:
+                    return module
+        return None
+
     def _loss(self, logits, batch, stage: str) -> torch.Tensor:
-        out = self.loss(logits, batch["mask"])
+        # per-pixel extras from the data pipeline (e.g. a boundary weight map) go to the loss as keywords
+        extras = {k: v for k, v in batch.items() if k not in ("image", "mask")}
+        out = self.loss(logits, batch["mask"], **extras)
         terms = out if isinstance(out, dict) else {"loss": out}
         on_step = stage == "train"
         for name, value in terms.items():
@@ -77,6 +89,8 @@ class SegmentationModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str):
         logits = self(batch["image"])
+        if logits.shape[-2:] != batch["mask"].shape[-2:]:  # image resized for evaluation, mask at full size
+            logits = F.interpolate(logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
         self._loss(logits, batch, stage)
         self.metrics[f"{stage}_"].update(logits.argmax(1), batch["mask"])
 

@@ -44,3 +44,12 @@ def smp_net(arch: str, encoder: str = "resnet34", encoder_weights: str | None = 
     if stride is None:
         stride = getattr(net.encoder, "output_stride", 32) if hasattr(net, "encoder") else 32
     return SegmentationNet(net, stride=stride)
+
+
+def unet_classic(num_classes: int, in_channels: int = 3, base_channels: int = 64, depth: int = 4,
+                 upsampling: str = "transposed") -> SegmentationNet:
+    """The original U-Net (src/models/nets/unet.py), padded to its stride."""
+    from src.models.nets.unet import UNet
+
+    net = UNet(num_classes, in_channels, base_channels, depth, upsampling)
+    return SegmentationNet(net, stride=net.stride)

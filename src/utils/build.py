@@ -22,10 +22,17 @@ def build_datamodule(cfg: DictConfig):
 
 
 def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
-    """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule."""
+    """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule.
+
+    A loss that needs per-pixel inputs computed from the mask in the data pipeline (e.g. a boundary weight map)
+    names them in `loss.sample_extras()`; they are handed to the training dataset here.
+    """
+    loss = hydra.utils.instantiate(cfg.loss)
+    if hasattr(loss, "sample_extras"):
+        datamodule.sample_extras.update(loss.sample_extras())
     return SegmentationModule(
         net=hydra.utils.instantiate(cfg.model),
-        loss=hydra.utils.instantiate(cfg.loss),
+        loss=loss,
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         num_classes=datamodule.num_classes,
