@@ -26,7 +26,6 @@ FAST = [
     "model.depth=2",
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
-    "trainer.enable_model_summary=false",
     "callbacks.rich_progress_bar=null",
     "callbacks.model_summary=null",
     "extras.print_config=false",

@@ -39,7 +39,7 @@ def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
         class_names=datamodule.class_names,
         ignore_index=datamodule.ignore_index,
         run_config=OmegaConf.to_container(cfg, resolve=True),
-        **cfg.get("module", {}),
+        **OmegaConf.to_container(cfg.get("module") or OmegaConf.create({}), resolve=True),
     )
 
 

@@ -8,15 +8,16 @@ import lightning as L
 import numpy as np
 import torch
 
-from src.data.base import reseed_transform
+from src.data.base import EpochSampler
 
 
 class EpochSeed(L.Callback):
-    """At the start of training epoch k, seed every RNG from (seed, k).
+    """At the start of training epoch k, seed the global RNGs (dropout, any model randomness) from (seed, k).
 
-    DataLoader workers draw their seeds from the main process's torch RNG when the epoch's iterator starts, so
-    the augmentations, the dropout masks and everything else random in epoch k depend on (seed, k) alone, not on
-    how many epochs this process has run before. With `num_workers=0` the training pipeline is reseeded directly.
+    The data side is seeded per sample by `EpochSampler`; together, what happens in epoch k depends on (seed, k)
+    alone, not on how many epochs this process has run before. One Lightning detail needs mending for that: on a
+    resume, Lightning makes the first epoch's data iterator before it restores the epoch counter (and before it
+    calls `set_epoch`), so that iterator would replay epoch 0's order; it is remade here when that happened.
     """
 
     def __init__(self, seed: int):
@@ -27,6 +28,10 @@ class EpochSeed(L.Callback):
         torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is not None and getattr(datamodule, "num_workers", 0) == 0:
-            reseed_transform(getattr(datamodule, "train_transform", None), s)
+        loaders = trainer.train_dataloader
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        stale = [dl for dl in loaders if isinstance(getattr(dl, "sampler", None), EpochSampler)
+                 and dl.sampler.iterated_epoch not in (None, dl.sampler.epoch)]
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+        if stale and fetcher is not None:
+            iter(fetcher)  # what Lightning itself does at the start of every later epoch

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from src.utils.checks import UserError
+
 Upsampling = Literal["transposed", "bilinear", "nearest", "pixel_shuffle"]
 
 
@@ -32,7 +34,7 @@ def upsample(cin: int, cout: int, mode: Upsampling) -> nn.Module:
         return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(cin, cout, 1))
     if mode == "pixel_shuffle":
         return nn.Sequential(nn.Conv2d(cin, cout * 4, 1), nn.PixelShuffle(2))
-    raise ValueError(f"model.upsampling={mode!r} is not supported: use transposed, bilinear, nearest or "
+    raise UserError(f"model.upsampling={mode!r} is not supported: use transposed, bilinear, nearest or "
                      "pixel_shuffle.")
 
 

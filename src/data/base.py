@@ -1,0 +1,210 @@
+"""What every dataset here shares: index-mask samples, an albumentations pipeline, loaders that reseed per worker.
+
+A dataset subclasses `SegDataset` and implements `__len__` and `load(i)`; a DataModule subclasses `SegDataModule`
+and implements `make_dataset(split, transform)`. Everything else (batching, worker seeding, epoch-wise shuffling
+that survives a resume) lives here once.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from src.utils.checks import UserError
+
+
+class SegDataset(Dataset):
+    """A sample is `{"image": float (3,H,W), "mask": long (H,W)}` after `transform`.
+
+    `load(i)` returns the raw pair: an RGB uint8 array (H,W,3) and an integer mask (H,W) already in training labels
+    (0..C-1, ignore index elsewhere). Label conventions of each dataset are applied inside `load`, once.
+    """
+
+    def __init__(self, transform: Callable | None = None):
+        self.transform = transform
+        # name -> fn(mask after transform) -> per-pixel array, added to the sample under that name (computed in
+        # the workers, e.g. a loss's boundary weight map); set by the code that builds the run
+        self.extras: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        if isinstance(index, tuple):  # (index, augmentation seed) from EpochSampler
+            index, seed = index
+            reseed_transform(self.transform, seed)
+        image, mask = self.load(index)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if image.dtype == torch.uint8:  # a pipeline without Normalize
+            image = image.float().div_(255.0)
+        sample = {"image": image.float(), "mask": torch.from_numpy(np.ascontiguousarray(mask)).long()}
+        for name, fn in self.extras.items():
+            sample[name] = torch.from_numpy(np.ascontiguousarray(fn(mask)))
+        return sample
+
+
+class EpochSampler(Sampler):
+    """Yields `(index, sample_seed)`: the order and each sample's augmentation seed depend on (seed, epoch) alone.
+
+    So epoch k of a run resumed from a checkpoint replays exactly what an uninterrupted run did, whatever the
+    number of DataLoader workers, and no two workers or epochs repeat each other's augmentations (albumentations
+    keeps its own RNG, copied into every forked worker: ../shared/TRAPS.md). Lightning calls `set_epoch` before
+    each training epoch. With `shuffle=False` (evaluation) it yields plain indices in order.
+
+    Under torch.distributed it also shards: training pads to a multiple of the world size (every rank needs the
+    same number of steps); evaluation does not pad, so no sample is counted twice (DistributedSampler's padding
+    changes the metrics: TRAPS.md). The trainer therefore runs with `use_distributed_sampler=False`.
+    """
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, epoch: int = 0):
+        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, epoch
+        self.iterated_epoch: int | None = None  # the epoch of the last iterator made (see EpochSeed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def __len__(self) -> int:
+        world, rank = self._world()
+        if self.shuffle:
+            return -(-self.length // world)
+        return len(range(rank, self.length, world))
+
+    def __iter__(self):
+        self.iterated_epoch = self.epoch
+        world, rank = self._world()
+        if not self.shuffle:
+            return iter(range(rank, self.length, world))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.length, generator=g).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.length,), generator=g).tolist()
+        items = list(zip(order, seeds))
+        items += items[: len(self) * world - len(items)]
+        return iter(items[rank::world])
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed NumPy's and Python's global RNGs in each DataLoader worker from the seed PyTorch gave it."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def reseed_transform(transform, seed: int) -> None:
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+class SegDataModule(L.LightningDataModule):
+    """Thin DataModule: the dataset class, its label conventions, its pipelines per split.
+
+    Args:
+        num_classes: number of training classes (labels 0..num_classes-1).
+        class_names: one name per class (printed in tables and written to metrics.json).
+        ignore_index: the label that takes no part in loss or metrics.
+        train_transform / eval_transform: albumentations pipelines (instantiated by Hydra from config).
+        batch_size / eval_batch_size: samples per device and step.
+        num_workers: DataLoader worker processes.
+        seed: seeds the epoch-wise shuffle.
+    """
+
+    has_test = False  # subclasses with a labelled test split set this
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str],
+        ignore_index: int = 255,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        palette: Sequence[Sequence[int]] | None = None,
+    ):
+        super().__init__()
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}: "
+                "give one name per class."
+            )
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self.palette = [list(c) for c in palette] if palette is not None else None
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
+        self.datasets: dict[str, SegDataset] = {}
+        # name -> fn(mask) -> per-pixel array added to training samples (see SegDataset.extras)
+        self.sample_extras: dict[str, Callable] = {}
+
+    # -- the one hook a dataset implements --------------------------------------------------------------
+    def make_dataset(self, split: str, transform: Callable | None) -> SegDataset:
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        """Check the data before any long work starts; raise `DataError` naming the file and the fix."""
+
+    # -- shared ------------------------------------------------------------------------------------------
+    def dataset(self, split: str) -> SegDataset:
+        if split not in self.datasets:
+            transform = self.train_transform if split == "train" else self.eval_transform
+            self.datasets[split] = self.make_dataset(split, transform)
+            if split == "train":
+                self.datasets[split].extras = self.sample_extras
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.dataset("train")
+            self.dataset("val")
+        if stage == "validate":
+            self.dataset("val")
+        if stage == "test":
+            self.dataset("test" if self.has_test else "val")
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        data = self.dataset(split)
+        return DataLoader(
+            data,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=EpochSampler(len(data), seed=self.seed, shuffle=train),
+            drop_last=train and len(data) > self.batch_size,
+            num_workers=self.num_workers,
+            worker_init_fn=seed_worker,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if self.has_test else "val", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+class DataError(UserError):
+    """A problem with the user's data: the message names the file or key and the fix."""

@@ -1,0 +1,162 @@
+"""Scan a dataset before training: `python -m src.data.check data=<name> [data.data_dir=...] [weights=...]`.
+
+Prints, per split, the number of image/mask pairs, the image sizes, the label values stored in the masks and the
+share of ignored pixels, then the pixel frequency of every class in the training split. Every problem is listed
+with its file (missing image/mask pairs, image/mask size mismatches, colour masks where index masks are expected,
+label values outside the classes and the ignore index); any problem makes the exit status 1 (2 for a wrong
+command or a missing dataset root).
+
+`weights=median_frequency` (SegNet: median(freq) / freq_c, freq_c = pixels of class c / pixels of the images in
+which c occurs) or `weights=inverse_log` (ENet: 1 / ln(1.02 + p_c), p_c = the class's share of labelled pixels)
+writes class weights from the training split as JSON to `weights_file`:
+`{"dataset", "method", "class_names", "weights", "pixel_counts"}`. Classes never seen get weight 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from src.data.base import DataError
+from src.data.scan import FilesDataModule, PairDataset, ScanResult, scan_split, value_ranges
+from src.utils.checks import UserError
+
+METHODS = ("median_frequency", "inverse_log")
+
+
+def class_weights(pixel_counts: np.ndarray, present_pixels: np.ndarray, method: str) -> np.ndarray:
+    """Weights per class from training-split counts; 0 for a class with no pixels."""
+    counts, seen = pixel_counts.astype(np.float64), pixel_counts > 0
+    weights = np.zeros(len(counts))
+    if not seen.any():
+        return weights
+    if method == "median_frequency":
+        freq = counts[seen] / present_pixels[seen]
+        weights[seen] = np.median(freq) / freq
+    elif method == "inverse_log":
+        weights[seen] = 1.0 / np.log(1.02 + counts[seen] / counts.sum())
+    else:
+        raise UserError(f"weights={method}: use one of {', '.join(METHODS)} (or leave it out).")
+    return weights
+
+
+def merge(results: list[ScanResult]) -> ScanResult:
+    out = ScanResult(pixel_counts=0, present_pixels=0)
+    for r in results:
+        out.count += r.count
+        out.problems += r.problems
+        out.sizes.update(r.sizes)
+        out.raw_values |= r.raw_values
+        out.masks_decoded += r.masks_decoded
+        out.pixel_counts = out.pixel_counts + r.pixel_counts
+        out.present_pixels = out.present_pixels + r.present_pixels
+        out.ignored_pixels += r.ignored_pixels
+    return out
+
+
+def _scan_part(args) -> ScanResult:
+    data, num_classes, ignore_index = args
+    return scan_split(data, num_classes, ignore_index)
+
+
+def scan_all(data: PairDataset, num_classes: int, ignore_index: int, workers: int) -> ScanResult:
+    """Every header and every mask of `data`, in `workers` processes (0: this one)."""
+    if workers <= 1 or len(data) < 2 * workers:
+        return scan_split(data, num_classes, ignore_index)
+    parts = [(data.subset(idx), num_classes, ignore_index) for idx in np.array_split(np.arange(len(data)), workers * 4)]
+    with ProcessPoolExecutor(workers) as pool:
+        return merge(list(pool.map(_scan_part, parts)))
+
+
+def describe_values(values: set) -> str:
+    if not values:
+        return "-"
+    if all(isinstance(v, int) for v in values):
+        table = np.zeros(max(values) + 1, bool)
+        table[list(values)] = True
+        return value_ranges(table)
+    return f"{len(values)} colours"
+
+
+def describe_sizes(sizes) -> str:
+    common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(3))
+    return common + (f", ... {len(sizes)} sizes in all" if len(sizes) > 3 else "")
+
+
+def check(cfg: DictConfig) -> int:
+    """Scan the dataset `cfg.data`; print the report; write weights if asked. Returns the exit status."""
+    method = cfg.get("weights")
+    if method is not None and method not in METHODS:
+        raise UserError(f"weights={method}: use one of {', '.join(METHODS)} (or leave it out).")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    if not isinstance(dm, FilesDataModule):
+        raise UserError(f"data={cfg.data._target_} is not read from files; the check scans on-disk datasets.")
+    splits = list(cfg.get("splits") or dm.splits())
+    results: dict[str, ScanResult] = {}
+    for split in splits:
+        pairs = dm.pairs(split)
+        data = dm.dataset_class(pairs.images, pairs.masks, None, ignore_index=dm.ignore_index, **dm.dataset_kwargs())
+        print(f"scanning {dm.name} {split}: {len(data)} pairs in {dm.data_dir} ...", flush=True)
+        result = scan_all(data, dm.num_classes, dm.ignore_index, int(cfg.get("workers") or 0))
+        result.problems = pairs.problems + result.problems
+        results[split] = result
+
+    print(f"\n{'split':<8}{'pairs':>8}  {'image sizes (count)':<44}{'stored label values':<24}{'ignored px':>10}")
+    for split, r in results.items():
+        total = int(r.pixel_counts.sum()) + r.ignored_pixels
+        ignored = f"{100 * r.ignored_pixels / total:.1f}%" if total else "-"
+        print(f"{split:<8}{r.count:>8}  {describe_sizes(r.sizes):<44}{describe_values(r.raw_values):<24}{ignored:>10}")
+
+    train = results.get("train") or next(iter(results.values()))
+    share = train.pixel_counts / max(int(train.pixel_counts.sum()), 1)
+    print(f"\nclass pixel frequencies ({'train' if 'train' in results else splits[0]} split):")
+    for c, name in enumerate(dm.class_names):
+        print(f"  {c:>3} {name:<24}{int(train.pixel_counts[c]):>14} px {100 * share[c]:8.3f}%")
+    unseen = [name for c, name in enumerate(dm.class_names) if train.pixel_counts[c] == 0]
+    if unseen:
+        print(f"warning: {len(unseen)} class(es) have no pixels in this split: {', '.join(unseen)}")
+
+    problems = [(split, p) for split, r in results.items() for p in r.problems]
+    if problems:
+        print(f"\n{len(problems)} problem(s):", file=sys.stderr)
+        for split, p in problems:
+            print(f"  [{split}] {p}", file=sys.stderr)
+        if method:
+            print("no class weights written: fix the problems first", file=sys.stderr)
+        return 1
+
+    if method:
+        weights = class_weights(train.pixel_counts, train.present_pixels, method)
+        if unseen:
+            print(f"warning: weight 0 for the classes never seen: {', '.join(unseen)}")
+        out = Path(cfg.weights_file)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "dataset": cfg.get("data_name") or dm.config_name, "method": method, "class_names": dm.class_names,
+            "weights": [round(float(w), 6) for w in weights], "pixel_counts": [int(n) for n in train.pixel_counts],
+        }, indent=2))
+        print(f"\n{method} class weights written to {out}")
+        for name, w in zip(dm.class_names, weights):
+            print(f"  {name:<24}{w:10.4f}")
+    print("\nno problems found")
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="check.yaml")
+def main(cfg: DictConfig) -> None:
+    try:
+        status = check(cfg)
+    except (DataError, UserError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

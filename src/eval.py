@@ -1,0 +1,75 @@
+"""Evaluate a checkpoint: `python -m src.eval ckpt_path=PATH [split=val|test] [data=NAME ...]`.
+
+The network, loss and data settings come from the config stored in the checkpoint by `src.train`, so a checkpoint
+is all that is needed; `data=...` (and `data.key=value`) evaluate it on other data with the same classes. Prints
+the table and writes metrics.json into this run's folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from src.utils.build import build_datamodule, build_module, build_trainer
+from src.utils.checks import UserError, check_ckpt
+from src.utils.report import print_scores, write_metrics
+
+SPLITS = ("val", "test")
+
+
+def run_config(ckpt_path: Path) -> DictConfig:
+    """The resolved training config stored in a checkpoint of this template."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if "run_config" not in ckpt:
+        raise UserError(f"{ckpt_path} holds no run config: it was not written by src.train of this template. "
+                        "Evaluate it through a training config instead: python -m src.train ... "
+                        f"model.pretrained={ckpt_path} trainer.max_epochs=0.")
+    return OmegaConf.create(ckpt["run_config"])
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score the checkpoint `cfg.ckpt_path` on `cfg.split`; returns the scores dict (see src/metrics.py)."""
+    if cfg.split not in SPLITS:
+        raise UserError(f"split={cfg.split}: use one of {', '.join(SPLITS)}.")
+    ckpt_path = check_ckpt(cfg.ckpt_path)
+    stored = run_config(ckpt_path)
+    with open_dict(stored):
+        if cfg.get("data") is not None:  # data=NAME given on the command line: evaluate on that data
+            stored.data = cfg.data
+        stored.trainer = cfg.trainer
+        stored.logger = cfg.get("logger")
+        stored.callbacks = None
+        stored.paths = cfg.paths
+        if "pretrained" in stored.model:  # the checkpoint's weights replace any initial weights
+            stored.model.pretrained = None
+    datamodule = build_datamodule(stored)
+    datamodule.validate()
+    module = build_module(stored, datamodule)
+    trainer = build_trainer(stored)
+    if cfg.split == "test":
+        trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
+    else:
+        trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
+    scores = module.results[cfg.split]
+    if trainer.is_global_zero:
+        print_scores(scores, title=f"{cfg.split} scores of {ckpt_path.name}")
+        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", scores, split=cfg.split,
+                      ckpt_path=str(ckpt_path))
+    return scores
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval.yaml")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

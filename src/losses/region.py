@@ -1,0 +1,100 @@
+"""segmentation_models_pytorch's losses (multiclass mode), behind this package's call signature.
+
+What smp does, measured (tests/test_losses.py pins it):
+- Dice, Jaccard, Tversky: soft scores per class over the whole batch; a class absent from the batch's labels
+  contributes 0 but still counts in the mean over classes; `class_weights` turn the mean into a weighted mean.
+  Ignored pixels are zeroed in prediction and target (no value, no gradient).
+- Focal: smp's multiclass focal loss is a sigmoid (one-vs-rest) binary focal loss per class, averaged over the
+  labelled pixels and then over classes (as mmsegmentation's FocalLoss); on a batch with no labelled pixel it
+  would return NaN, which the base class turns into 0.
+- Lovasz: Lovasz-softmax over the labelled pixels of the batch, averaged over the classes present in the labels;
+  on a batch with no labelled pixel smp returns an empty tensor, which the base class turns into 0.
+
+A per-pixel `weight` map (from the data pipeline) does not apply to these set-level losses and is not used.
+"""
+
+from __future__ import annotations
+
+from segmentation_models_pytorch import losses as smp_losses
+
+from src.losses.base import ClassWeights, SegLoss, load_class_weights
+
+
+class _SmpLoss(SegLoss):
+    """Computes in float32: sums over the batch overflow in float16, and smp's Lovasz fails on float64."""
+
+    def __init__(self, loss, ignore_index: int):
+        super().__init__(ignore_index)
+        self.smp = loss
+
+    def compute(self, logits, target, weight):
+        return self.smp(logits.float(), target)
+
+
+def _weights(class_weights: ClassWeights, num_classes: int | None):
+    w = load_class_weights(class_weights, num_classes)
+    return None if w is None else w.tolist()
+
+
+class Dice(_SmpLoss):
+    """`loss=dice`: 1 - soft Dice per class (smp.losses.DiceLoss); `log_loss` uses -log(Dice)."""
+
+    name = "dice"
+
+    def __init__(self, class_weights: ClassWeights = None, num_classes: int | None = None, smooth: float = 0.0,
+                 log_loss: bool = False, ignore_index: int = 255):
+        super().__init__(smp_losses.DiceLoss("multiclass", log_loss=log_loss, smooth=smooth,
+                                             ignore_index=ignore_index,
+                                             class_weights=_weights(class_weights, num_classes)), ignore_index)
+
+
+class Jaccard(_SmpLoss):
+    """`loss=jaccard`: 1 - soft IoU per class (smp.losses.JaccardLoss)."""
+
+    name = "jaccard"
+
+    def __init__(self, class_weights: ClassWeights = None, num_classes: int | None = None, smooth: float = 0.0,
+                 log_loss: bool = False, ignore_index: int = 255):
+        super().__init__(smp_losses.JaccardLoss("multiclass", log_loss=log_loss, smooth=smooth,
+                                                ignore_index=ignore_index,
+                                                class_weights=_weights(class_weights, num_classes)), ignore_index)
+
+
+class Tversky(_SmpLoss):
+    """`loss=tversky`: 1 - TP / (TP + alpha FP + beta FN) per class, mean over classes, to the power gamma."""
+
+    name = "tversky"
+
+    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 1.0, class_weights: ClassWeights = None,
+                 num_classes: int | None = None, smooth: float = 0.0, ignore_index: int = 255):
+        super().__init__(smp_losses.TverskyLoss("multiclass", alpha=alpha, beta=beta, gamma=gamma, smooth=smooth,
+                                                ignore_index=ignore_index,
+                                                class_weights=_weights(class_weights, num_classes)), ignore_index)
+
+
+class Focal(_SmpLoss):
+    """`loss=focal`: sigmoid focal loss per class (smp.losses.FocalLoss), `gamma` focusing, optional `alpha`."""
+
+    name = "focal"
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None, class_weights: ClassWeights = None,
+                 num_classes: int | None = None, ignore_index: int = 255):
+        super().__init__(smp_losses.FocalLoss("multiclass", gamma=gamma, alpha=alpha, ignore_index=ignore_index,
+                                              class_weights=_weights(class_weights, num_classes)), ignore_index)
+
+
+class Lovasz(_SmpLoss):
+    """`loss=lovasz`: Lovasz-softmax (smp.losses.LovaszLoss), a surrogate of the IoU of the batch."""
+
+    name = "lovasz"
+
+    def __init__(self, per_image: bool = False, ignore_index: int = 255):
+        super().__init__(smp_losses.LovaszLoss("multiclass", ignore_index=ignore_index), ignore_index)
+        self.per_image = per_image  # mean of the images' losses (images without labelled pixels left out)
+
+    def compute(self, logits, target, weight):
+        if not self.per_image:
+            return super().compute(logits, target, weight)
+        labelled = (target != self.ignore_index).flatten(1).any(1).nonzero()[:, 0]
+        return sum(super(Lovasz, self).compute(logits[i : i + 1], target[i : i + 1], weight) for i in labelled) / len(
+            labelled)

@@ -1,0 +1,199 @@
+"""Every on-disk DataModule reads a tiny copy of its dataset in the official layout (tests/fake_data.py): label
+conventions pixel by pixel, tensors and batches, the pipelines' padding and crops, then a fast_dev_run training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import hydra
+import numpy as np
+import pytest
+import torch
+
+from src.data.check import check
+from src.data.transforms import CatMaxRatioCrop
+from src.train import train
+from tests.conftest import compose_config
+from tests.fake_data import (
+    CITYSCAPES_IDS,
+    FOLDER_IGNORE_COLOUR,
+    FOLDER_PALETTE,
+    write_ade20k,
+    write_camvid,
+    write_cityscapes,
+    write_folder,
+    write_voc,
+)
+
+# small enough for a CPU: tiny crops and rescale references, a tiny classic U-Net
+SMALL = ["data.batch_size=2", "data.crop_size=[32,32]", "data.num_workers=0", "data.pin_memory=false"]
+TINY_RUN = ["model=unet_classic", "model.base_channels=8", "model.depth=2", "trainer.accelerator=cpu",
+            "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
+            "extras.print_config=false"]
+
+
+def cityscapes_expected(raw: np.ndarray, path: str) -> np.ndarray:
+    if path.endswith("_gtFine_labelIds.png"):
+        return np.vectorize(CITYSCAPES_IDS.get)(raw)
+    return raw
+
+
+def folder_rgb_expected(raw: np.ndarray, path: str) -> np.ndarray:
+    out = np.full(raw.shape[:2], -1)
+    for c, colour in enumerate(FOLDER_PALETTE + [FOLDER_IGNORE_COLOUR]):
+        out[(raw == colour).all(-1)] = c if c < len(FOLDER_PALETTE) else 255
+    assert (out >= 0).all()
+    return out
+
+
+# case -> (data config, writer, expected training labels from (stored values, mask path), overrides)
+CASES = {
+    "ade20k": ("ade20k", write_ade20k, lambda raw, p: np.where(raw == 0, 255, raw.astype(int) - 1),
+               ["data.scale=[128,32]"]),
+    "cityscapes": ("cityscapes", write_cityscapes, cityscapes_expected, ["data.scale=[64,32]"]),
+    "cityscapes_labelIds_only": ("cityscapes", lambda t: write_cityscapes(t, train_ids=False), cityscapes_expected,
+                                 ["data.scale=[64,32]"]),
+    "voc": ("voc", write_voc, lambda raw, p: raw, ["data.scale=[128,32]"]),
+    "voc_aug": ("voc", lambda t: write_voc(t, aug=True), lambda raw, p: raw, ["data.scale=[128,32]", "data.aug=true"]),
+    "camvid": ("camvid", write_camvid, lambda raw, p: np.where(raw == 11, 255, raw), ["data.scale=[48,36]"]),
+    "folder_index": ("folder", write_folder, lambda raw, p: raw, ["data.num_classes=3", "data.class_names=[a,b,c]",
+                                                                 "data.palette=null"]),
+    "folder_rgb_lists": ("folder", lambda t: write_folder(t, "rgb", "lists"), folder_rgb_expected,
+                         ["data.num_classes=3", "data.class_names=[a,b,c]", "data.mask_mode=rgb",
+                          f"data.palette={FOLDER_PALETTE}".replace(" ", ""),
+                          f"data.ignore_colors=[{FOLDER_IGNORE_COLOUR}]".replace(" ", "")]),
+    "folder_no_splits": ("folder", lambda t: write_folder(t, splits="none", n=10), lambda raw, p: raw,
+                         ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=null"]),
+}
+
+
+def datamodule(tmp_path: Path, case: str):
+    name, writer, _, overrides = CASES[case]
+    fake = writer(tmp_path / "data")
+    cfg = compose_config("train", [f"data={name}", f"data.data_dir={fake.root}", *SMALL, *overrides], tmp_path / "c")
+    return hydra.utils.instantiate(cfg.data, _convert_="partial"), fake
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_labels_pixel_by_pixel_and_tensors(case, tmp_path):
+    dm, fake = datamodule(tmp_path, case)
+    expected = CASES[case][2]
+    dm.validate()
+    seen = set()
+    for split in ("train", "val"):
+        data = dm.dataset(split)
+        assert len(data) > 0
+        # file lists are NumPy string arrays, not lists of Python objects that forked workers copy on access
+        assert data.images.dtype.kind == "U" and data.masks.dtype.kind == "U"
+        for i in range(len(data)):
+            path = str(data.masks[i])
+            seen.add(path)
+            image, labels = data.load(i)
+            want = expected(fake.raw[path], path)
+            assert image.dtype == np.uint8 and image.shape == want.shape + (3,)
+            np.testing.assert_array_equal(labels, want, err_msg=path)
+            # evaluation samples: float image (3,H,W), long mask at the original size, labels untouched
+            sample = dm.dataset("val")[i] if split == "val" else None
+            if sample is not None:
+                assert sample["image"].dtype == torch.float32 and sample["image"].shape[0] == 3
+                assert sample["mask"].dtype == torch.long
+                assert torch.equal(sample["mask"], torch.from_numpy(want).long())
+    if case == "cityscapes":  # the train ids files win over the label ids when both exist
+        assert all(p.endswith("_gtFine_labelTrainIds.png") for p in seen)
+    if case == "voc_aug":  # train.txt's own annotations, SBD's for the extra ids, nothing listed twice
+        train = dm.dataset("train")
+        assert len(train) == 5 and len(set(train.images.tolist())) == 5
+        assert sum("SegmentationClassAug" in p for p in train.masks.tolist()) == 2
+    if case == "folder_no_splits":
+        assert len(dm.dataset("train")) == 8 and len(dm.dataset("val")) == 2
+        assert not set(dm.dataset("train").images.tolist()) & set(dm.dataset("val").images.tolist())
+
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (2, 32, 32) and batch["mask"].dtype == torch.long
+    values = set(batch["mask"].unique().tolist())
+    assert values <= set(range(dm.num_classes)) | {255}
+
+
+def test_evaluation_resizes_the_image_only(tmp_path):
+    """ADE20K evaluation: short side resized to data.scale's short edge, the mask kept at its original size."""
+    dm, fake = datamodule(tmp_path, "ade20k")
+    sample, (_, labels) = dm.dataset("val")[0], dm.dataset("val").load(0)
+    assert min(sample["image"].shape[-2:]) == 32 and sample["mask"].shape == labels.shape
+    assert sample["image"].shape[-2:] != sample["mask"].shape
+
+
+@pytest.mark.parametrize("name", ["ade20k", "cityscapes", "voc", "camvid", "folder"])
+def test_training_pipeline_pads_masks_with_the_ignore_index(name, tmp_path):
+    """An image smaller than the crop is padded: image with 0 (the mean after Normalize), mask with 255, never 0."""
+    overrides = ["data.crop_size=[64,64]"] + ([] if name == "folder" else ["data.scale=[16,16]"])
+    cfg = compose_config("train", [f"data={name}", *overrides], tmp_path / "c")
+    transform = hydra.utils.instantiate(cfg.data.train_transform)
+    transform.set_random_seed(0)
+    for _ in range(5):
+        out = transform(image=np.full((12, 12, 3), 200, np.uint8), mask=np.ones((12, 12), np.uint8))
+        mask, image = out["mask"], out["image"]
+        assert mask.shape == (64, 64) and set(np.unique(mask).tolist()) == {1, 255}
+        assert (image[mask == 255] == 0).all()
+
+
+def test_cat_max_ratio_crop_avoids_crops_of_one_class():
+    """A 40x40 class-1 corner in a 100x100 class-0 mask: with cat_max_ratio 0.75 most 40x40 crops hold both
+    classes in balance; a plain random crop rarely does."""
+    mask = np.zeros((100, 100), np.uint8)
+    mask[:40, :40] = 1
+    image = np.zeros((100, 100, 3), np.uint8)
+
+    def balanced_share(ratio: float) -> float:
+        crop = A.Compose([CatMaxRatioCrop(40, 40, cat_max_ratio=ratio)])
+        crop.set_random_seed(0)
+        hits = 0
+        for _ in range(300):
+            m = crop(image=image, mask=mask)["mask"]
+            assert m.shape == (40, 40)
+            hits += np.bincount(m.ravel(), minlength=2).max() / m.size < 0.75
+        return hits / 300
+
+    plain, balanced = balanced_share(1.0), balanced_share(0.75)
+    assert plain < 0.3 and balanced > 0.6, (plain, balanced)
+
+
+@pytest.mark.parametrize("case", ["ade20k", "cityscapes_labelIds_only", "voc", "camvid", "folder_index"])
+def test_fast_dev_run(case, train_cfg, tmp_path):
+    name, writer, _, overrides = CASES[case]
+    fake = writer(tmp_path / "data")
+    cfg = train_cfg("debug=fast_dev_run", f"data={name}", f"data.data_dir={fake.root}", *SMALL, *overrides,
+                    *TINY_RUN, fast=False)
+    results = train(cfg)
+    assert 0.0 <= results["val"]["mIoU"] <= 1.0
+    assert len(results["val"]["per_class"]) == cfg.data.num_classes
+
+
+# experiment -> (writer, overrides that shrink it for a CPU: no pretrained weights, small crops)
+EXPERIMENTS = {
+    "segformer_ade": (write_ade20k, ["data.scale=[128,64]"]),
+    "deeplabv3plus_cityscapes": (write_cityscapes, ["data.scale=[64,32]"]),
+    "deeplabv3plus_voc": (lambda t: write_voc(t, aug=True), ["data.scale=[128,64]"]),
+    "unet_camvid": (write_camvid, ["data.scale=[48,36]"]),
+}
+
+
+@pytest.mark.parametrize("experiment", [pytest.param(e, marks=[pytest.mark.slow] if "deeplab" in e else [])
+                                        for e in EXPERIMENTS])
+def test_experiment_fast_dev_run(experiment, train_cfg, tmp_path):
+    """Each published-recipe experiment runs end to end on its tiny fake dataset (its network, optimizer settings,
+    schedule and pipelines); unet_camvid first writes its class weights with the check."""
+    writer, overrides = EXPERIMENTS[experiment]
+    fake = writer(tmp_path / "data")
+    common = [f"data.data_dir={fake.root}", f"paths.data_dir={tmp_path / 'data'}", "data.batch_size=2",
+              "data.crop_size=[64,64]", "data.num_workers=0", "data.pin_memory=false", *overrides]
+    if experiment == "unet_camvid":
+        cfg = compose_config("check", ["data=camvid", *common, "weights=median_frequency", "workers=0"],
+                             tmp_path / "check")
+        assert check(cfg) == 0
+    cfg = train_cfg(f"experiment={experiment}", "debug=fast_dev_run", "model.encoder_weights=null",
+                    "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "extras.print_config=false",
+                    *common, fast=False)
+    results = train(cfg)
+    assert 0.0 <= results["val"]["mIoU"] <= 1.0
