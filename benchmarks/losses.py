@@ -1,6 +1,7 @@
 """Losses on imbalanced data: the built-in dataset with one rare class, the same training budget for each loss.
 
     python benchmarks/losses.py [--rare-prob 0.25] [--train-size 12800] [--batch-size 8] [--threads 1] [--out DIR]
+        [--image-size 64 --max-shapes 4 --radius 0.09,0.22]   (the data settings of the README's table)
 
 The rare class is `cross`: `data.shape_probs` draws it with weight `--rare-prob` against 1 for each other shape
 (0.25 makes it about 1% of the pixels; the script measures and prints the share). Each loss trains the same
@@ -44,12 +45,12 @@ def shape_probs(rare_prob: float) -> list[float]:
     return [rare_prob if name == RARE else 1.0 for name in CLASS_NAMES[1:]]
 
 
-def pixel_statistics(size: int, probs: list[float], seed: int = 0):
+def pixel_statistics(size: int, probs: list[float], seed: int, image_size: int, max_shapes: int, radius):
     """Pixels per class, and pixels of the images in which each class occurs, over the training split."""
     p = np.asarray(probs) / np.sum(probs)
     counts, present = np.zeros(len(CLASS_NAMES), np.int64), np.zeros(len(CLASS_NAMES), np.int64)
     for i in range(size):
-        _, mask = render(seed, i, "train", 64, 4, p)
+        _, mask = render(seed, i, "train", image_size, max_shapes, p, radius)
         c = np.bincount(mask.ravel(), minlength=len(CLASS_NAMES))
         counts += c
         present += (c > 0) * mask.size
@@ -68,13 +69,17 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a busy CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--max-shapes", type=int, default=4)
+    parser.add_argument("--radius", default="0.09,0.22", help="shape radius range, fractions of the image side")
     parser.add_argument("--losses", default=",".join(LOSSES), help=f"comma-separated, from {', '.join(LOSSES)}")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmarks" / "losses")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     probs = shape_probs(args.rare_prob)
-    counts, present = pixel_statistics(args.train_size, probs, args.seed)
+    radius = [float(r) for r in args.radius.split(",")]
+    counts, present = pixel_statistics(args.train_size, probs, args.seed, args.image_size, args.max_shapes, radius)
     share = counts / counts.sum()
     print("training pixels per class: " + ", ".join(f"{n} {100 * s:.2f}%" for n, s in zip(CLASS_NAMES, share)))
     files, weights = {}, {}
@@ -89,9 +94,11 @@ def main() -> None:
     common = [
         f"seed={args.seed}", f"data.train_size={args.train_size}", f"data.val_size={args.eval_size}",
         f"data.test_size={args.eval_size}", f"data.shape_probs=[{','.join(str(p) for p in probs)}]",
+        f"data.image_size={args.image_size}", f"data.max_shapes={args.max_shapes}",
+        f"data.shape_radius=[{args.radius}]",
         f"data.batch_size={args.batch_size}", "model=unet_classic", f"model.base_channels={args.base_channels}",
         f"model.depth={args.depth}", f"optimizer.lr={args.lr}", f"trainer.max_epochs={args.epochs}",
-        "trainer.accelerator=cpu", "+trainer.num_sanity_val_steps=0", "+trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
         "callbacks=none", "logger=none", "extras.print_config=false", "test=true",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}

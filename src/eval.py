@@ -7,7 +7,6 @@ the table and writes metrics.json into this run's folder.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.utils.build import build_datamodule, build_module, build_trainer
-from src.utils.checks import UserError, check_ckpt
+from src.utils.checks import UserError, check_ckpt, exit_on_user_error
 from src.utils.report import print_scores, write_metrics
 
 SPLITS = ("val", "test")
@@ -25,9 +24,11 @@ def run_config(ckpt_path: Path) -> DictConfig:
     """The resolved training config stored in a checkpoint of this template."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if "run_config" not in ckpt:
-        raise UserError(f"{ckpt_path} holds no run config: it was not written by src.train of this template. "
-                        "Evaluate it through a training config instead: python -m src.train ... "
-                        f"model.pretrained={ckpt_path} trainer.max_epochs=0.")
+        raise UserError(
+            f"{ckpt_path} holds no run config: it was not written by src.train of this template. "
+            "Evaluate it through a training config instead: python -m src.train ... "
+            f"model.pretrained={ckpt_path} trainer.max_epochs=0."
+        )
     return OmegaConf.create(ckpt["run_config"])
 
 
@@ -57,18 +58,13 @@ def evaluate(cfg: DictConfig) -> dict:
     scores = module.results[cfg.split]
     if trainer.is_global_zero:
         print_scores(scores, title=f"{cfg.split} scores of {ckpt_path.name}")
-        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", scores, split=cfg.split,
-                      ckpt_path=str(ckpt_path))
+        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", scores, split=cfg.split, ckpt_path=str(ckpt_path))
     return scores
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(evaluate, cfg)
 
 
 if __name__ == "__main__":

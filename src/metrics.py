@@ -8,7 +8,7 @@ across processes before it is read.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix

@@ -7,7 +7,6 @@ folder and returns the value of `optimized_metric` for sweeps.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from src.utils.build import build_datamodule, build_module, build_trainer
-from src.utils.checks import UserError, check_ckpt, check_fresh_output
+from src.utils.checks import check_ckpt, check_fresh_output, exit_on_user_error
 from src.utils.report import print_config, print_scores, write_metrics
 from src.utils.seeding import EpochSeed
 
@@ -55,11 +54,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = train(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    results = exit_on_user_error(train, cfg)
     metric = cfg.get("optimized_metric")
     return results["val"][metric] if metric else None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,7 @@ from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, OmegaConf
 
 from src.utils.build import build_datamodule, build_module, build_trainer
-from src.utils.checks import UserError
+from src.utils.checks import UserError, exit_on_user_error
 
 MODES = ("lr_find", "batch_size")
 
@@ -40,18 +39,28 @@ def tune(cfg: DictConfig) -> dict:
     if cfg.mode == "lr_find":
         finder = tuner.lr_find(module, datamodule=datamodule, update_attr=False, **settings)
         suggestion = finder.suggestion()
-        result = {"mode": "lr_find", "suggested_lr": suggestion, "settings": settings,
-                  "lr": finder.results["lr"], "loss": finder.results["loss"]}
-        message = (f"suggested learning rate: {suggestion:.3g} (use optimizer.lr={suggestion:.3g})" if suggestion
-                   else "no suggestion: the loss curve is too short or flat; raise lr_find.num_training")
+        result = {
+            "mode": "lr_find",
+            "suggested_lr": suggestion,
+            "settings": settings,
+            "lr": finder.results["lr"],
+            "loss": finder.results["loss"],
+        }
+        message = (
+            f"suggested learning rate: {suggestion:.3g} (use optimizer.lr={suggestion:.3g})"
+            if suggestion
+            else "no suggestion: the loss curve is too short or flat; raise lr_find.num_training"
+        )
         if importlib.util.find_spec("matplotlib") is not None:  # optional: the plot needs matplotlib
             finder.plot(suggest=True).savefig(output_dir / "lr_find.png", dpi=100)
             message += f"\nplot: {output_dir / 'lr_find.png'}"
     else:
         found = tuner.scale_batch_size(module, datamodule=datamodule, batch_arg_name="batch_size", **settings)
         result = {"mode": "batch_size", "batch_size": found, "settings": settings}
-        message = (f"largest batch size that fits: {found} (use data.batch_size={found}; the search stops at "
-                   "the training set's size)")
+        message = (
+            f"largest batch size that fits: {found} (use data.batch_size={found}; the search stops at "
+            "the training set's size)"
+        )
     path = output_dir / f"{cfg.mode}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"{message}\nsaved: {path}")
@@ -60,11 +69,7 @@ def tune(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="tune.yaml")
 def main(cfg: DictConfig) -> None:
-    try:
-        tune(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(tune, cfg)
 
 
 if __name__ == "__main__":

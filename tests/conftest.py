@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from src.utils.compose import CONFIG_DIR, compose_config  # noqa: F401  (tests import both from here)
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(ROOT / "configs")
 
 # small and fast: what every end-to-end test starts from (each test adds its own overrides)
 FAST = [
@@ -34,22 +32,6 @@ FAST = [
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def compose_config(name: str, overrides: list[str], output_dir: Path | None = None) -> DictConfig:
-    """Compose configs/<name>.yaml with `overrides`; the run folder is `output_dir` (Hydra config set too)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=name, return_hydra_config=True, overrides=overrides)
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.hydra.job.num = 0
-            cfg.paths.output_dir = str(output_dir)
-            cfg.paths.log_dir = str(output_dir.parent / "logs")
-    HydraConfig().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture

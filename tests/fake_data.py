@@ -119,8 +119,10 @@ def write_voc(tmp: Path, aug: bool = False) -> Fake:
 def write_camvid(tmp: Path, test: bool = False) -> Fake:
     """CamVid/{train,trainannot,val,valannot[,test,testannot]}/<seq>_<frame>.png; masks 0..11 (11 = Unlabelled)."""
     fake = Fake(tmp / "CamVid")
-    frames = {"train": ["0001TP_006690", "0001TP_006720", "0006R0_f00930", "0016E5_00390"],
-              "val": ["0016E5_07959", "0016E5_07961"]}
+    frames = {
+        "train": ["0001TP_006690", "0001TP_006720", "0006R0_f00930", "0016E5_00390"],
+        "val": ["0016E5_07959", "0016E5_07961"],
+    }
     if test:
         frames["test"] = ["0001TP_008550"]
     for split, names in frames.items():
@@ -157,5 +159,6 @@ def write_folder(tmp: Path, mask_mode: str = "index", splits: str = "folders", n
         (fake.root / "splits").mkdir()
         for split in ("train", "val"):
             (fake.root / "splits" / f"{split}.txt").write_text(
-                "\n".join(k for k, s in split_of.items() if s == split) + "\n")
+                "\n".join(k for k, s in split_of.items() if s == split) + "\n"
+            )
     return fake

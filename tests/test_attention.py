@@ -40,8 +40,12 @@ def test_segformer_attention_per_stage():
 
 
 def test_dpt_attention_per_block():
-    net = build("model=dpt", "model.encoder=tu-vit_tiny_patch16_224",
-                "model.decoder_intermediate_channels=[16,32,64,64]", "model.decoder_fusion_channels=16")
+    net = build(
+        "model=dpt",
+        "model.encoder=tu-vit_tiny_patch16_224",
+        "model.decoder_intermediate_channels=[16,32,64,64]",
+        "model.decoder_fusion_channels=16",
+    )
     attn_modules = [m for m in net.modules() if hasattr(m, "fused_attn")]
     fused_before = [m.fused_attn for m in attn_modules]
     x = torch.randn(2, 3, 100, 140)  # padded to 128x160: a 8x10 patch grid + the class token

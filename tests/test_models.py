@@ -7,14 +7,13 @@ from __future__ import annotations
 import socket
 import time
 
-import hydra
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, compose_config
-from hydra.errors import InstantiationException
 
 from src.models.net import smp_net
+from src.utils.build import instantiate
 from src.utils.checks import UserError
 
 MODEL_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
@@ -33,10 +32,15 @@ SMALL = {
     "pan": ["model.encoder=resnet18", "model.decoder_channels=16"],
     "upernet": ["model.encoder=resnet18", "model.decoder_channels=32"],
     "segformer": ["model.decoder_segmentation_channels=32"],
-    "dpt": ["model.encoder=tu-vit_tiny_patch16_224", "model.decoder_intermediate_channels=[16,32,64,64]",
-            "model.decoder_fusion_channels=16"],
-    "fcn32s": [*TINY_VGG, "model.fc_channels=32"], "fcn16s": [*TINY_VGG, "model.fc_channels=32"],
-    "fcn8s": [*TINY_VGG, "model.fc_channels=32"], "segnet": TINY_VGG,
+    "dpt": [
+        "model.encoder=tu-vit_tiny_patch16_224",
+        "model.decoder_intermediate_channels=[16,32,64,64]",
+        "model.decoder_fusion_channels=16",
+    ],
+    "fcn32s": [*TINY_VGG, "model.fc_channels=32"],
+    "fcn16s": [*TINY_VGG, "model.fc_channels=32"],
+    "fcn8s": [*TINY_VGG, "model.fc_channels=32"],
+    "segnet": TINY_VGG,
     "unet_classic": ["model.base_channels=8"],
 }
 
@@ -44,12 +48,7 @@ SMALL = {
 def build(*overrides: str):
     """The network of configs/train.yaml with `overrides`, as src.train builds it (a UserError comes out as is)."""
     cfg = compose_config("train", list(overrides))
-    try:
-        return hydra.utils.instantiate(cfg.model)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
-        raise
+    return instantiate(cfg.model)
 
 
 def batch(h: int = 100, w: int = 140, n: int = 2):
@@ -58,8 +57,25 @@ def batch(h: int = 100, w: int = 140, n: int = 2):
 
 
 def test_every_architecture_has_a_config():
-    expected = {"unet", "unetplusplus", "manet", "linknet", "fpn", "pspnet", "deeplabv3", "deeplabv3plus", "pan",
-                "upernet", "segformer", "dpt", "fcn32s", "fcn16s", "fcn8s", "segnet", "unet_classic"}
+    expected = {
+        "unet",
+        "unetplusplus",
+        "manet",
+        "linknet",
+        "fpn",
+        "pspnet",
+        "deeplabv3",
+        "deeplabv3plus",
+        "pan",
+        "upernet",
+        "segformer",
+        "dpt",
+        "fcn32s",
+        "fcn16s",
+        "fcn8s",
+        "segnet",
+        "unet_classic",
+    }
     assert expected <= set(MODEL_CONFIGS)
     for name in MODEL_CONFIGS:
         cfg = compose_config("train", [f"model={name}"]).model
@@ -103,16 +119,20 @@ def test_config_as_shipped_builds(name):
         assert net(torch.randn(1, 3, 70, 90)).shape == (1, NUM_CLASSES, 70, 90)
 
 
-@pytest.mark.parametrize("overrides, stride", [
-    (["model.encoder_output_stride=8", "model.decoder_atrous_rates=[12,24,36]"], 8),
-    (["model.encoder_output_stride=16", "model.decoder_atrous_rates=[6,12,18]"], 16),
-])
+@pytest.mark.parametrize(
+    "overrides, stride",
+    [
+        (["model.encoder_output_stride=8", "model.decoder_atrous_rates=[12,24,36]"], 8),
+        (["model.encoder_output_stride=16", "model.decoder_atrous_rates=[6,12,18]"], 16),
+    ],
+)
 @pytest.mark.parametrize("arch", ["deeplabv3", "deeplabv3plus"])
 def test_deeplab_output_stride_and_rates_from_config(arch, overrides, stride):
     net = build(f"model={arch}", "model.encoder=resnet18", *overrides)
     rates = [int(o.split("[")[1].split(",")[0]) for o in overrides if "rates" in o]
-    aspp_dilations = [m.dilation[0] for m in net.net.decoder.modules()
-                      if isinstance(m, torch.nn.Conv2d) and m.dilation[0] > 1]
+    aspp_dilations = [
+        m.dilation[0] for m in net.net.decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.dilation[0] > 1
+    ]
     assert net.stride == stride == net.net.encoder.output_stride
     assert rates[0] in aspp_dilations  # the first atrous rate reached the ASPP
     feats = net.net.encoder(torch.randn(1, 3, 64, 64))
@@ -194,14 +214,20 @@ def test_unknown_upsampling_is_named():
         build("model=unet_classic", "model.upsampling=cubic")
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["model=unetplusplus", "model.encoder=mit_b0"], r"model.arch=unetplusplus with model.encoder=mit_b0.*segformer"),
-    (["model=linknet", "model.encoder=mit_b0"], r"model.encoder=mit_b0"),
-    (["model=dpt", "model.encoder=resnet18"], r"tu-vit"),
-    (["model=deeplabv3", "model.encoder=vgg11"], r"dilat.*resnet"),
-    (["model=unet", "model.encoder=tu-vit_tiny_patch16_224"], r"model=dpt"),
-    (["model=deeplabv3plus", "model.encoder=resnet18", "model.encoder_output_stride=32"], r"8 or 16"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            ["model=unetplusplus", "model.encoder=mit_b0"],
+            r"model.arch=unetplusplus with model.encoder=mit_b0.*segformer",
+        ),
+        (["model=linknet", "model.encoder=mit_b0"], r"model.encoder=mit_b0"),
+        (["model=dpt", "model.encoder=resnet18"], r"tu-vit"),
+        (["model=deeplabv3", "model.encoder=vgg11"], r"dilat.*resnet"),
+        (["model=unet", "model.encoder=tu-vit_tiny_patch16_224"], r"model=dpt"),
+        (["model=deeplabv3plus", "model.encoder=resnet18", "model.encoder_output_stride=32"], r"8 or 16"),
+    ],
+)
 def test_incompatible_encoder_and_arch_get_a_clear_message(overrides, expected):
     with pytest.raises(UserError, match=expected):
         build(*overrides)

@@ -6,18 +6,17 @@ from __future__ import annotations
 import functools
 import logging
 
-import hydra
 import lightning as L
 import pytest
 import torch
 from conftest import compose_config
-from hydra.errors import InstantiationException
 from safetensors.torch import save_file
 from torch import nn
 
 from src.models.module import SegmentationModule
 from src.models.net import smp_net, unet_classic
 from src.models.pretrained import load_pretrained
+from src.utils.build import instantiate
 from src.utils.checks import UserError
 
 TINY = ["model=unet_classic", "model.base_channels=4", "model.depth=2"]
@@ -25,12 +24,7 @@ TINY = ["model=unet_classic", "model.base_channels=4", "model.depth=2"]
 
 def build(*overrides: str):
     cfg = compose_config("train", [*TINY, *overrides])
-    try:
-        return hydra.utils.instantiate(cfg.model)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
-        raise
+    return instantiate(cfg.model)
 
 
 def same_weights(a: nn.Module, b: nn.Module, skip: str = "\0") -> bool:
@@ -65,11 +59,18 @@ def test_state_dict_files_load(tmp_path, fmt):
 
 def test_lightning_checkpoint_of_this_template_loads(tmp_path):
     source = trained_source()
-    module = SegmentationModule(net=source, loss=nn.CrossEntropyLoss(), num_classes=6,
-                                optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    module = SegmentationModule(
+        net=source, loss=nn.CrossEntropyLoss(), num_classes=6, optimizer=functools.partial(torch.optim.SGD, lr=0.1)
+    )
     data = [{"image": torch.randn(2, 3, 16, 16), "mask": torch.randint(0, 6, (2, 16, 16))}]
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)

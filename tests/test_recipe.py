@@ -16,7 +16,7 @@ from src.models.optim import backbone_layer_ids, param_groups
 from src.utils.build import build_datamodule, build_module, build_trainer
 from src.utils.checks import UserError
 
-SHORT = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "scheduler=constant"]
+SHORT = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "scheduler=constant"]
 
 
 def fit(cfg, *callbacks):
@@ -54,9 +54,18 @@ def running_average(steps, decay):
 
 def test_ema_checkpoint_and_validation_hold_the_running_average(tmp_path):
     decay = 0.7
-    cfg = compose_config("train", FAST + SHORT + ["callbacks=with_ema", f"callbacks.ema.decay={decay}",
-                                                  "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=null"],
-                         tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        FAST
+        + SHORT
+        + [
+            "callbacks=with_ema",
+            f"callbacks.ema.decay={decay}",
+            "trainer.max_epochs=2",
+            "callbacks.model_checkpoint.monitor=null",
+        ],
+        tmp_path / "run",
+    )
     record = RecordWeights()
     trainer, module = fit(cfg, record)
     ema = running_average(record.steps, decay)
@@ -77,16 +86,27 @@ def test_ema_checkpoint_and_validation_hold_the_running_average(tmp_path):
         torch.testing.assert_close(state[head].double(), ema[at - 1][head], rtol=1e-5, atol=1e-6)
     # and so does the evaluation of the checkpoint after training (what src.train reports)
     record.validated.clear()
-    trainer.validate(module, datamodule=trainer.datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path,
-                     verbose=False)
+    trainer.validate(
+        module, datamodule=trainer.datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path, verbose=False
+    )
     torch.testing.assert_close(record.validated[step][head], ckpt["state_dict"][head])
 
 
 def test_backbone_frozen_then_unfrozen_with_its_own_lr(tmp_path):
-    cfg = compose_config("train", FAST + SHORT[:2] + [
-        "callbacks=[default,backbone_finetuning]", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
-        "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch=1",
-        "callbacks.backbone_finetuning.backbone_initial_ratio_lr=0.25", "trainer.max_epochs=2"], tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        FAST
+        + SHORT[:2]
+        + [
+            "callbacks=[default,backbone_finetuning]",
+            "callbacks.rich_progress_bar=null",
+            "callbacks.model_summary=null",
+            "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch=1",
+            "callbacks.backbone_finetuning.backbone_initial_ratio_lr=0.25",
+            "trainer.max_epochs=2",
+        ],
+        tmp_path / "run",
+    )
 
     class Watch(L.Callback):
         def __init__(self):
@@ -102,8 +122,12 @@ def test_backbone_frozen_then_unfrozen_with_its_own_lr(tmp_path):
     watch = Watch()
     _, module = fit(cfg, watch)
     backbone = {f"net.net.encoder.{k}" for k, _ in module.backbone.named_parameters()}
-    norms = {f"net.net.encoder.{n}.{p}" for n, m in module.backbone.named_modules()
-             if isinstance(m, nn.BatchNorm2d) for p in ("weight", "bias")}
+    norms = {
+        f"net.net.encoder.{n}.{p}"
+        for n, m in module.backbone.named_modules()
+        if isinstance(m, nn.BatchNorm2d)
+        for p in ("weight", "bias")
+    }
     convs = backbone - norms
     assert convs and not convs & watch.changed[0]  # epoch 0: backbone convolutions frozen
     assert norms <= watch.changed[0]  # ... its BatchNorm layers train (Lightning freezes with train_bn=True)
@@ -151,16 +175,25 @@ def test_layer_ids_follow_block_order_for_encoders_without_timm_groups():
 
 
 # -- the LR and batch-size finders ---------------------------------------------------------------------------
-TUNE = ["data.train_size=16", "data.val_size=8", "data.batch_size=4", "model=unet_classic", "model.base_channels=8",
-        "model.depth=2", "trainer.accelerator=cpu", "extras.print_config=false"]
+TUNE = [
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.batch_size=4",
+    "model=unet_classic",
+    "model.base_channels=8",
+    "model.depth=2",
+    "trainer.accelerator=cpu",
+    "extras.print_config=false",
+]
 
 
 @pytest.mark.slow  # about 25 s on 2 cores
 def test_tune_lr_find_writes_its_result(tmp_path):
     from src.tune import tune
 
-    cfg = compose_config("tune", TUNE + ["lr_find.num_training=20", "lr_find.early_stop_threshold=null"],
-                         tmp_path / "run")
+    cfg = compose_config(
+        "tune", TUNE + ["lr_find.num_training=20", "lr_find.early_stop_threshold=null"], tmp_path / "run"
+    )
     result = tune(cfg)
     saved = json.loads((tmp_path / "run" / "lr_find.json").read_text())
     assert saved["mode"] == "lr_find" and len(saved["lr"]) == len(saved["loss"]) == 20

@@ -17,8 +17,9 @@ FCN_TINY = ["model.channels=[8,16,16,32,32]", "model.convs=[1,1,2,2,2]", "model.
 
 
 def run_summary(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "src.models.summary", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "src.models.summary", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_flops_of_a_known_network():

@@ -40,9 +40,13 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(train_cfg, tmp
     No monitored metric here: a resumed run in a new folder cannot see the first run's best checkpoint (Lightning
     resets the best when the folder changes), so both runs score their last epoch.
     """
-    common = ["trainer.max_epochs=3", "callbacks.model_checkpoint.save_top_k=-1",
-              "callbacks.model_checkpoint.monitor=null", "data.num_workers=2",
-              "data.train_transform.transforms.0.p=0.5"]
+    common = [
+        "trainer.max_epochs=3",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "callbacks.model_checkpoint.monitor=null",
+        "data.num_workers=2",
+        "data.train_transform.transforms.0.p=0.5",
+    ]
     full = train(train_cfg(*common, run="full"))
     first = sorted((tmp_path / "full" / "checkpoints").glob("epoch000-*.ckpt"))[0]
     resumed = train(train_cfg(*common, f"ckpt_path={first}", run="resumed"))
@@ -54,6 +58,20 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(train_cfg, tmp
     assert a["optimizer_states"][0]["state"][0]["exp_avg"].equal(b["optimizer_states"][0]["state"][0]["exp_avg"])
     assert resumed["val"] == full["val"]
     assert resumed["test"] == full["test"]
+
+
+def test_last_checkpoint_follows_every_epoch_when_best_does_not_improve(train_cfg, tmp_path):
+    """Pins a Lightning 2.6 trap: with save_last on the monitored callback, last.ckpt is only rewritten when the
+    best improves. Monitoring `epoch` with mode=min makes epoch 0 the best forever; last.ckpt must still be the
+    final epoch."""
+    train(
+        train_cfg(
+            "trainer.max_epochs=3", "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"
+        )
+    )
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert [p.name.startswith("epoch000") for p in checkpoints.glob("epoch*.ckpt")] == [True]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 2
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(train_cfg):
@@ -74,19 +92,26 @@ def test_existing_results_are_never_overwritten(train_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_short_training_beats_majority_baseline(train_cfg):
-    """A few CPU epochs on the built-in data: far above predicting the majority class (background) everywhere."""
-    results = train(train_cfg("data.train_size=512", "data.val_size=64", "data.batch_size=16",
-                              "model.base_channels=16", "model.depth=3", "optimizer.lr=3e-3",
-                              "trainer.max_epochs=6"))
+    """The default model on a third of the default budget: far above predicting the majority class (background)
+    everywhere, which scores about 0.16 mIoU."""
+    results = train(
+        train_cfg(
+            "model=unet_small",
+            "data.train_size=1600",
+            "data.val_size=100",
+            "data.batch_size=32",
+            "trainer.max_epochs=10",
+        )
+    )
     baseline = compute_majority_baseline(train_cfg)
-    assert results["val"]["mIoU"] > baseline + 0.25, (results["val"]["mIoU"], baseline)
+    assert results["val"]["mIoU"] > baseline + 0.2, (results["val"]["mIoU"], baseline)
 
 
 def compute_majority_baseline(train_cfg) -> float:
     from src.metrics import SegMetrics
     from src.utils.build import build_datamodule
 
-    cfg = train_cfg("data.val_size=64", run="baseline")
+    cfg = train_cfg("data.val_size=100", run="baseline")
     dm = build_datamodule(cfg)
     metric = SegMetrics(dm.num_classes, dm.ignore_index)
     for batch in dm.val_dataloader():
@@ -97,10 +122,24 @@ def compute_majority_baseline(train_cfg) -> float:
 def test_cli_trains_and_writes_run_folder(tmp_path):
     """The real entry point, as a user runs it."""
     out = subprocess.run(
-        [sys.executable, "-m", "src.train", f"hydra.run.dir={tmp_path}", "debug=fast_dev_run",
-         "model=unet_classic", "model.base_channels=8", "model.depth=2", "data.train_size=16", "data.val_size=8",
-         "data.test_size=8"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            f"hydra.run.dir={tmp_path}",
+            "debug=fast_dev_run",
+            "model=unet_classic",
+            "model.base_channels=8",
+            "model.depth=2",
+            "data.train_size=16",
+            "data.val_size=8",
+            "data.test_size=8",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "val scores" in out.stdout and "mIoU" in out.stdout
     assert (tmp_path / ".hydra" / "config.yaml").is_file()

@@ -17,8 +17,10 @@ LAYOUT = """  ADEChallengeData2016/
     images/validation/ADE_val_00000001.jpg ...        (2,000 images)
     annotations/training/ADE_train_00000001.png ...   (8-bit, 0 = other, 1..150 = classes)
     annotations/validation/ADE_val_00000001.png ..."""
-SOURCE = ("the MIT Scene Parsing Benchmark, http://sceneparsing.csail.mit.edu/ "
-          "(ADEChallengeData2016.zip, http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip)")
+SOURCE = (
+    "the MIT Scene Parsing Benchmark, http://sceneparsing.csail.mit.edu/ "
+    "(ADEChallengeData2016.zip, http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip)"
+)
 
 
 def reduce_zero_label(raw: np.ndarray, ignore_index: int = 255) -> np.ndarray:
@@ -46,5 +48,6 @@ class ADE20KDataModule(FilesDataModule):
         root = self.require(f"images/{folder}", f"annotations/{folder}")
         images = list_files(root / "images" / folder, (".jpg",))
         masks = list_files(root / "annotations" / folder, (".png",))
-        return pair_up(images, masks, lambda k: f"{root}/annotations/{folder}/{k}.png",
-                       lambda k: f"{root}/images/{folder}/{k}.jpg")
+        return pair_up(
+            images, masks, lambda k: f"{root}/annotations/{folder}/{k}.png", lambda k: f"{root}/images/{folder}/{k}.jpg"
+        )

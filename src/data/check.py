@@ -137,10 +137,18 @@ def check(cfg: DictConfig) -> int:
             print(f"warning: weight 0 for the classes never seen: {', '.join(unseen)}")
         out = Path(cfg.weights_file)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({
-            "dataset": cfg.get("data_name") or dm.config_name, "method": method, "class_names": dm.class_names,
-            "weights": [round(float(w), 6) for w in weights], "pixel_counts": [int(n) for n in train.pixel_counts],
-        }, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "dataset": cfg.get("data_name") or dm.config_name,
+                    "method": method,
+                    "class_names": dm.class_names,
+                    "weights": [round(float(w), 6) for w in weights],
+                    "pixel_counts": [int(n) for n in train.pixel_counts],
+                },
+                indent=2,
+            )
+        )
         print(f"\n{method} class weights written to {out}")
         for name, w in zip(dm.class_names, weights):
             print(f"  {name:<24}{w:10.4f}")

@@ -16,13 +16,34 @@ TRAIN_IDS, LABEL_IDS = "_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"
 # label id -> train id, from the official table; every id not listed (unlabeled, ego vehicle, rectification
 # border, out of roi, static, dynamic, ground, parking, rail track, guard rail, bridge, tunnel, polegroup,
 # caravan, trailer, license plate) is ignored
-ID_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                  26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+ID_TO_TRAIN_ID = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 LAYOUT = """  <root>/
     leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png   (or only _gtFine_labelIds.png)"""
-SOURCE = ("https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip and "
-          "gtFine_trainvaltest.zip, unzipped into the same root)")
+SOURCE = (
+    "https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip and "
+    "gtFine_trainvaltest.zip, unzipped into the same root)"
+)
 
 
 def id_to_train_id(ignore_index: int = 255) -> np.ndarray:
@@ -53,7 +74,7 @@ class CityscapesDataset(PairDataset):
 
 def _key(path, suffix: str) -> str | None:
     """`<city>/<city>_<seq>_<frame>` for a file of the given kind, None for other files (colour, instances...)."""
-    return f"{path.parent.name}/{path.name[:-len(suffix)]}" if path.name.endswith(suffix) else None
+    return f"{path.parent.name}/{path.name[: -len(suffix)]}" if path.name.endswith(suffix) else None
 
 
 class CityscapesDataModule(FilesDataModule):
@@ -68,5 +89,9 @@ class CityscapesDataModule(FilesDataModule):
         images = list_files(root / "leftImg8bit" / split, (".png",), True, lambda p: _key(p, IMAGE_SUFFIX))
         masks = list_files(gt, (".png",), True, lambda p: _key(p, LABEL_IDS))
         masks.update(list_files(gt, (".png",), True, lambda p: _key(p, TRAIN_IDS)))  # train ids win
-        return pair_up(images, masks, lambda k: f"{gt}/{k}{TRAIN_IDS} or {gt}/{k}{LABEL_IDS}",
-                       lambda k: f"{root}/leftImg8bit/{split}/{k}{IMAGE_SUFFIX}")
+        return pair_up(
+            images,
+            masks,
+            lambda k: f"{gt}/{k}{TRAIN_IDS} or {gt}/{k}{LABEL_IDS}",
+            lambda k: f"{root}/leftImg8bit/{split}/{k}{IMAGE_SUFFIX}",
+        )

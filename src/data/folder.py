@@ -76,25 +76,33 @@ class FolderDataset(PairDataset):
 
 class FolderDataModule(FilesDataModule):
     """Args (besides the common ones):
-        mask_mode: "index" (one value per pixel) or "rgb" (colour masks, mapped through `palette`).
-        values: index masks: the stored value of each class (default: value c is class c).
-        ignore_colors: rgb masks: colours that become the ignore index.
-        mask_suffix: a mask is named <image stem><mask_suffix>.<ext>, e.g. "_mask".
-        val_fraction: without split folders or lists, this share of the files is validation.
+    mask_mode: "index" (one value per pixel) or "rgb" (colour masks, mapped through `palette`).
+    values: index masks: the stored value of each class (default: value c is class c).
+    ignore_colors: rgb masks: colours that become the ignore index.
+    mask_suffix: a mask is named <image stem><mask_suffix>.<ext>, e.g. "_mask".
+    val_fraction: without split folders or lists, this share of the files is validation.
     """
 
     dataset_class = FolderDataset
     layout, source, name, config_name = LAYOUT, SOURCE, "The folder dataset", "folder"
 
-    def __init__(self, mask_mode: Literal["index", "rgb"] = "index", values: Sequence[int] | None = None,
-                 ignore_colors: Sequence[Sequence[int]] = (), mask_suffix: str = "", val_fraction: float = 0.2,
-                 **kwargs):
+    def __init__(
+        self,
+        mask_mode: Literal["index", "rgb"] = "index",
+        values: Sequence[int] | None = None,
+        ignore_colors: Sequence[Sequence[int]] = (),
+        mask_suffix: str = "",
+        val_fraction: float = 0.2,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mask_mode not in ("index", "rgb"):
             raise ValueError(f"data.mask_mode={mask_mode!r}: use index or rgb.")
         if mask_mode == "rgb" and (self.palette is None or len(self.palette) != self.num_classes):
-            raise ValueError(f"data.mask_mode=rgb needs data.palette with one [r, g, b] per class "
-                             f"({self.num_classes}); got {None if self.palette is None else len(self.palette)}.")
+            raise ValueError(
+                f"data.mask_mode=rgb needs data.palette with one [r, g, b] per class "
+                f"({self.num_classes}); got {None if self.palette is None else len(self.palette)}."
+            )
         if values is not None and len(values) != self.num_classes:
             raise ValueError(f"data.values needs one stored value per class ({self.num_classes}); got {len(values)}.")
         if self.num_classes > 255 or self.ignore_index > 255:
@@ -128,7 +136,7 @@ class FolderDataModule(FilesDataModule):
         suffix = self.mask_suffix
 
         def mask_key(p: Path) -> str | None:
-            return p.stem[:-len(suffix)] if suffix and p.stem.endswith(suffix) else (None if suffix else p.stem)
+            return p.stem[: -len(suffix)] if suffix and p.stem.endswith(suffix) else (None if suffix else p.stem)
 
         images, masks = list_files(images_dir), list_files(masks_dir, key=mask_key)
         return pair_up(images, masks, lambda k: f"{masks_dir}/{k}{suffix}.png", lambda k: f"{images_dir}/{k}.<ext>")
@@ -145,12 +153,14 @@ class FolderDataModule(FilesDataModule):
             listed = read_list(root / "splits" / f"{split}.txt")
             missing = sorted(set(listed) - set(stems.tolist()))
             keep = np.isin(stems, listed)
-            problems = [f"{root}/splits/{split}.txt: lists {m!r}, which has no image/mask pair in images/ and masks/"
-                        for m in missing]
+            problems = [
+                f"{root}/splits/{split}.txt: lists {m!r}, which has no image/mask pair in images/ and masks/"
+                for m in missing
+            ]
         else:  # a fixed share is validation, the same on every run
             order = np.random.default_rng(0).permutation(len(stems))
             val = np.zeros(len(stems), bool)
-            val[order[:int(round(len(stems) * self.val_fraction))]] = True
+            val[order[: int(round(len(stems) * self.val_fraction))]] = True
             keep, problems = (val if split == "val" else ~val), []
             if split == "test":
                 keep = np.zeros(len(stems), bool)

@@ -64,8 +64,12 @@ def headers(paths: Sequence[str]) -> list[tuple[int, int, str] | None]:
 
 
 # -- listing and pairing ------------------------------------------------------------------------------------
-def list_files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES, recursive: bool = False,
-               key: Callable[[Path], str | None] | None = None) -> dict[str, str]:
+def list_files(
+    folder: Path,
+    suffixes: Sequence[str] = IMAGE_SUFFIXES,
+    recursive: bool = False,
+    key: Callable[[Path], str | None] | None = None,
+) -> dict[str, str]:
     """key -> path of the files in `folder` with one of `suffixes` (key: the stem, or `key(path)`; None skips)."""
     found: dict[str, str] = {}
     paths = folder.rglob("*") if recursive else (Path(e.path) for e in os.scandir(folder) if e.is_file())
@@ -87,18 +91,24 @@ class Pairs:
     problems: list[str] = field(default_factory=list)
 
 
-def pair_up(images: dict[str, str], masks: dict[str, str], expected_mask: Callable[[str], str],
-            expected_image: Callable[[str], str]) -> Pairs:
+def pair_up(
+    images: dict[str, str],
+    masks: dict[str, str],
+    expected_mask: Callable[[str], str],
+    expected_image: Callable[[str], str],
+) -> Pairs:
     """Pairs by key; every image without a mask and every mask without an image is a problem naming it."""
     keys = sorted(images.keys() & masks.keys())
     problems = [f"{images[k]}: no mask (expected {expected_mask(k)})" for k in sorted(images.keys() - masks.keys())]
     problems += [f"{masks[k]}: no image (expected {expected_image(k)})" for k in sorted(masks.keys() - images.keys())]
-    return Pairs(np.array([images[k] for k in keys], dtype=str), np.array([masks[k] for k in keys], dtype=str),
-                 problems)
+    return Pairs(
+        np.array([images[k] for k in keys], dtype=str), np.array([masks[k] for k in keys], dtype=str), problems
+    )
 
 
-def pairs_from_list(ids: Sequence[str], image_path: Callable[[str], str], mask_path: Callable[[str], str],
-                    list_file: str) -> Pairs:
+def pairs_from_list(
+    ids: Sequence[str], image_path: Callable[[str], str], mask_path: Callable[[str], str], list_file: str
+) -> Pairs:
     """Pairs for the ids of a split list file; an id whose image or mask is missing is a problem."""
     images, masks, problems = [], [], []
     for i in ids:
@@ -147,8 +157,9 @@ class PairDataset(SegDataset):
     mask_modes: tuple[str, ...] = INDEX_MODES
     allowed = allowed_table(range(256))  # raw mask values accepted (index = value)
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, transform: Callable | None = None,
-                 ignore_index: int = 255):
+    def __init__(
+        self, images: np.ndarray, masks: np.ndarray, transform: Callable | None = None, ignore_index: int = 255
+    ):
         super().__init__(transform)
         self.images, self.masks = np.asarray(images, dtype=str), np.asarray(masks, dtype=str)
         self.ignore_index = ignore_index
@@ -206,16 +217,22 @@ def sample_indices(n: int, limit: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
 
 
-def scan_split(dataset: PairDataset, num_classes: int, ignore_index: int, decode: int | None = None,
-               on_progress: Callable[[int], None] | None = None) -> ScanResult:
+def scan_split(
+    dataset: PairDataset,
+    num_classes: int,
+    ignore_index: int,
+    decode: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ScanResult:
     """Check every header (sizes, mask modes) and decode `decode` masks (None: all) for label values.
 
     Problems name the file: unreadable files, image/mask size mismatches, colour masks where index masks are
     expected, values outside the dataset's label convention.
     """
     n = len(dataset)
-    result = ScanResult(count=n, pixel_counts=np.zeros(num_classes, np.int64),
-                        present_pixels=np.zeros(num_classes, np.int64))
+    result = ScanResult(
+        count=n, pixel_counts=np.zeros(num_classes, np.int64), present_pixels=np.zeros(num_classes, np.int64)
+    )
     image_heads, mask_heads = headers(list(dataset.images)), headers(list(dataset.masks))
     bad = set()
     for i, (ih, mh) in enumerate(zip(image_heads, mask_heads)):
@@ -230,9 +247,11 @@ def scan_split(dataset: PairDataset, num_classes: int, ignore_index: int, decode
             bad.add(i)
         if mh[2] not in dataset.mask_modes:
             if mh[2] in COLOUR_MODES and INDEX_MODES[0] in dataset.mask_modes:
-                why = ("is a colour (RGB) image, but this dataset reads index masks (one class index per pixel: "
-                       "8-bit grayscale or palette PNG). Colour-coded masks: data=folder data.mask_mode=rgb with "
-                       "data.palette; a grayscale mask saved as RGB: save one channel")
+                why = (
+                    "is a colour (RGB) image, but this dataset reads index masks (one class index per pixel: "
+                    "8-bit grayscale or palette PNG). Colour-coded masks: data=folder data.mask_mode=rgb with "
+                    "data.palette; a grayscale mask saved as RGB: save one channel"
+                )
             else:
                 why = f"has image mode {mh[2]}; expected one of {', '.join(dataset.mask_modes)}"
             result.problems.append(f"{mask}: {why}")
@@ -282,8 +301,14 @@ class FilesDataModule(SegDataModule):
     name = "this dataset"
     config_name = "<name>"  # the data config (configs/data/<config_name>.yaml)
 
-    def __init__(self, data_dir: str, crop_size: Sequence[int] | None = None, scale: Sequence[int] | None = None,
-                 validate_masks: int = 64, **kwargs):
+    def __init__(
+        self,
+        data_dir: str,
+        crop_size: Sequence[int] | None = None,
+        scale: Sequence[int] | None = None,
+        validate_masks: int = 64,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir).expanduser()
         self.crop_size, self.scale, self.validate_masks = crop_size, scale, validate_masks
@@ -311,7 +336,8 @@ class FilesDataModule(SegDataModule):
                 what = f"has no {'folder ' if str(relative) in folders else 'file '}{relative}"
             raise DataError(
                 f"data.data_dir={root} {what}. {self.name} is expected in this layout:\n{self.layout}\n"
-                f"Obtain it from {self.source}, then set data.data_dir=<the folder shown as the root above>.")
+                f"Obtain it from {self.source}, then set data.data_dir=<the folder shown as the root above>."
+            )
         return root
 
     def make_dataset(self, split: str, transform: Callable | None) -> PairDataset:
@@ -319,10 +345,13 @@ class FilesDataModule(SegDataModule):
         if pairs.problems:
             raise DataError(self.problem_message(split, pairs.problems))
         if len(pairs.images) == 0:
-            raise DataError(f"{self.name}: the {split} split below {self.data_dir} has no image/mask pairs; "
-                            f"expected layout:\n{self.layout}")
-        return self.dataset_class(pairs.images, pairs.masks, transform, ignore_index=self.ignore_index,
-                                  **self.dataset_kwargs())
+            raise DataError(
+                f"{self.name}: the {split} split below {self.data_dir} has no image/mask pairs; "
+                f"expected layout:\n{self.layout}"
+            )
+        return self.dataset_class(
+            pairs.images, pairs.masks, transform, ignore_index=self.ignore_index, **self.dataset_kwargs()
+        )
 
     def dataset_kwargs(self) -> dict:
         """Further arguments of `dataset_class` (e.g. a palette)."""
@@ -332,9 +361,11 @@ class FilesDataModule(SegDataModule):
         lines = "\n".join(f"  - {p}" for p in problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         scope = " (masks sampled; the full scan decodes every mask)" if sampled else ""
-        return (f"{self.name}, {split} split: {len(problems)} problem(s) in {self.data_dir}{scope}:\n{lines}{more}\n"
-                "Fix or remove these files. `python -m src.data.check data="
-                f"{self.config_name} data.data_dir={self.data_dir}` lists every problem of the whole dataset.")
+        return (
+            f"{self.name}, {split} split: {len(problems)} problem(s) in {self.data_dir}{scope}:\n{lines}{more}\n"
+            "Fix or remove these files. `python -m src.data.check data="
+            f"{self.config_name} data.data_dir={self.data_dir}` lists every problem of the whole dataset."
+        )
 
     def validate(self) -> None:
         """Before training: every pair present, every header (sizes, mask modes), `validate_masks` masks per split

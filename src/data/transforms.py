@@ -44,8 +44,13 @@ class RandomRescale(DualTransform):
         ratio_range: the range of r.
     """
 
-    def __init__(self, scale: Sequence[int] = (2048, 512), ratio_range: Sequence[float] = (0.5, 2.0),
-                 interpolation: int = cv2.INTER_LINEAR, p: float = 1.0):
+    def __init__(
+        self,
+        scale: Sequence[int] = (2048, 512),
+        ratio_range: Sequence[float] = (0.5, 2.0),
+        interpolation: int = cv2.INTER_LINEAR,
+        p: float = 1.0,
+    ):
         super().__init__(p=p)
         self.scale, self.ratio_range, self.interpolation = tuple(scale), tuple(ratio_range), interpolation
 
@@ -90,8 +95,15 @@ class CatMaxRatioCrop(DualTransform):
     `cat_max_ratio=1.0` is a plain random crop.
     """
 
-    def __init__(self, height: int, width: int, cat_max_ratio: float = 0.75, ignore_index: int = 255,
-                 max_tries: int = 10, p: float = 1.0):
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = 255,
+        max_tries: int = 10,
+        p: float = 1.0,
+    ):
         super().__init__(p=p)
         self.height, self.width, self.cat_max_ratio = height, width, cat_max_ratio
         self.ignore_index, self.max_tries = ignore_index, max_tries
@@ -108,7 +120,7 @@ class CatMaxRatioCrop(DualTransform):
         if mask is None or self.cat_max_ratio >= 1.0:
             return {"box": box}
         for _ in range(self.max_tries - 1):
-            labels = mask[box[0]:box[2], box[1]:box[3]]
+            labels = mask[box[0] : box[2], box[1] : box[3]]
             _, counts = np.unique(labels[labels != self.ignore_index], return_counts=True)
             if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                 break
@@ -116,10 +128,10 @@ class CatMaxRatioCrop(DualTransform):
         return {"box": box}
 
     def apply(self, img: np.ndarray, box: tuple[int, int, int, int], **params: Any) -> np.ndarray:
-        return img[box[0]:box[2], box[1]:box[3]]
+        return img[box[0] : box[2], box[1] : box[3]]
 
     def apply_to_mask(self, mask: np.ndarray, box: tuple[int, int, int, int], **params: Any) -> np.ndarray:
-        return mask[box[0]:box[2], box[1]:box[3]]
+        return mask[box[0] : box[2], box[1] : box[3]]
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("height", "width", "cat_max_ratio", "ignore_index", "max_tries")

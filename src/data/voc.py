@@ -15,9 +15,11 @@ LAYOUT = """  VOCdevkit/VOC2012/
     SegmentationClass/2007_000032.png ...          (palette PNG: 0..20, 255 = border)
     ImageSets/Segmentation/train.txt, val.txt      (one image id per line)
     optional: SegmentationClassAug/*.png and ImageSets/Segmentation/aug.txt (the SBD augmented set)"""
-SOURCE = ("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar); the augmented set: "
-          "SBD, http://home.bharathh.info/pubs/codes/SBD/download.html, converted with mmsegmentation's "
-          "tools/dataset_converters/voc_aug.py")
+SOURCE = (
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar); the augmented set: "
+    "SBD, http://home.bharathh.info/pubs/codes/SBD/download.html, converted with mmsegmentation's "
+    "tools/dataset_converters/voc_aug.py"
+)
 
 
 class VOCDataset(PairDataset):
@@ -59,8 +61,10 @@ class VOCDataModule(FilesDataModule):
             extra = [i for i in dict.fromkeys(read_list(lists / "aug.txt")) if i not in official]
             leaked = [i for i in extra if i in val]
             if leaked:
-                problems.append(f"{lists / 'aug.txt'}: lists {len(leaked)} validation image(s) (e.g. {leaked[0]}); "
-                                "training on them inflates the val scores. Rebuild aug.txt without val.txt's ids.")
+                problems.append(
+                    f"{lists / 'aug.txt'}: lists {len(leaked)} validation image(s) (e.g. {leaked[0]}); "
+                    "training on them inflates the val scores. Rebuild aug.txt without val.txt's ids."
+                )
             ids, listed = ids + extra, f"{listed} or aug.txt"
 
         def mask(i: str) -> str:  # the official annotation where there is one, else SBD's

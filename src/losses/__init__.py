@@ -7,6 +7,16 @@ from src.losses.combo import WeightedSum
 from src.losses.region import Dice, Focal, Jaccard, Lovasz, Tversky
 
 __all__ = [
-    "CrossEntropy", "Dice", "Focal", "Jaccard", "Lovasz", "OhemCrossEntropy", "SegLoss", "Tversky", "UNetBoundaryCE",
-    "WeightedSum", "load_class_weights", "unet_weight_map",
+    "CrossEntropy",
+    "Dice",
+    "Focal",
+    "Jaccard",
+    "Lovasz",
+    "OhemCrossEntropy",
+    "SegLoss",
+    "Tversky",
+    "UNetBoundaryCE",
+    "WeightedSum",
+    "load_class_weights",
+    "unet_weight_map",
 ]

@@ -63,18 +63,24 @@ def load_class_weights(class_weights: ClassWeights, num_classes: int | None) -> 
     if isinstance(class_weights, (str, Path)):
         path = Path(class_weights).expanduser()
         if not path.is_file():
-            raise UserError(f"loss.class_weights={class_weights}: no such file. Write it with "
-                            "`python -m src.data.check` (it saves the class weights of the training split), "
-                            "or give a list of weights, one per class.")
+            raise UserError(
+                f"loss.class_weights={class_weights}: no such file. Write it with "
+                "`python -m src.data.check` (it saves the class weights of the training split), "
+                "or give a list of weights, one per class."
+            )
         try:
             data = json.loads(path.read_text())
             values = data["weights"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserError(f"{path} is not a class-weight file (a JSON object with a 'weights' list, as "
-                            f"`python -m src.data.check` writes): {err!r}") from None
+            raise UserError(
+                f"{path} is not a class-weight file (a JSON object with a 'weights' list, as "
+                f"`python -m src.data.check` writes): {err!r}"
+            ) from None
         source = f"the class-weight file {path} (dataset {data.get('dataset')!r}, method {data.get('method')!r})"
-        fix = ("write the file again with `python -m src.data.check` for this dataset, or point "
-               "loss.class_weights to the file of this dataset")
+        fix = (
+            "write the file again with `python -m src.data.check` for this dataset, or point "
+            "loss.class_weights to the file of this dataset"
+        )
     else:
         values = list(class_weights)
         source = f"the class-weight list {values}"

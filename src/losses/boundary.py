@@ -19,8 +19,14 @@ from src.losses.base import ClassWeights
 from src.losses.ce import CrossEntropy
 
 
-def unet_weight_map(mask: np.ndarray, class_weights: Sequence[float] | None = None, w0: float = 10.0,
-                    sigma: float = 5.0, background: int = 0, ignore_index: int = 255) -> np.ndarray:
+def unet_weight_map(
+    mask: np.ndarray,
+    class_weights: Sequence[float] | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    background: int = 0,
+    ignore_index: int = 255,
+) -> np.ndarray:
     """The weight map (H,W) float32 of one label mask (H,W)."""
     mask = np.asarray(mask)
     valid = mask != ignore_index
@@ -57,12 +63,28 @@ class UNetBoundaryCE(CrossEntropy):
 
     name = "unet_boundary"
 
-    def __init__(self, w0: float = 10.0, sigma: float = 5.0, background: int = 0, class_weights: ClassWeights = None,
-                 num_classes: int | None = None, label_smoothing: float = 0.0, ignore_index: int = 255):
+    def __init__(
+        self,
+        w0: float = 10.0,
+        sigma: float = 5.0,
+        background: int = 0,
+        class_weights: ClassWeights = None,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        ignore_index: int = 255,
+    ):
         super().__init__(class_weights, num_classes, label_smoothing, ignore_index)
         self.w0, self.sigma, self.background = w0, sigma, background
 
     def sample_extras(self):
         weights = None if self.class_weights is None else tuple(self.class_weights.tolist())
-        return {"weight": partial(unet_weight_map, class_weights=weights, w0=self.w0, sigma=self.sigma,
-                                  background=self.background, ignore_index=self.ignore_index)}
+        return {
+            "weight": partial(
+                unet_weight_map,
+                class_weights=weights,
+                w0=self.w0,
+                sigma=self.sigma,
+                background=self.background,
+                ignore_index=self.ignore_index,
+            )
+        }

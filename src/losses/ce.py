@@ -21,8 +21,13 @@ class CrossEntropy(SegLoss):
 
     name = "ce"
 
-    def __init__(self, class_weights: ClassWeights = None, num_classes: int | None = None,
-                 label_smoothing: float = 0.0, ignore_index: int = 255):
+    def __init__(
+        self,
+        class_weights: ClassWeights = None,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        ignore_index: int = 255,
+    ):
         super().__init__(ignore_index)
         self.register_buffer("class_weights", load_class_weights(class_weights, num_classes), persistent=False)
         self.label_smoothing = label_smoothing
@@ -32,8 +37,14 @@ class CrossEntropy(SegLoss):
         class_weights = None  # a weight map already holds the class weights
         if weight is None and self.class_weights is not None:
             class_weights = self.class_weights.to(logits.dtype)
-        ce = F.cross_entropy(logits, target, weight=class_weights, ignore_index=self.ignore_index,
-                             label_smoothing=self.label_smoothing, reduction="none")
+        ce = F.cross_entropy(
+            logits,
+            target,
+            weight=class_weights,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction="none",
+        )
         valid = target != self.ignore_index
         if weight is not None:
             w = weight.to(ce.dtype) * valid

@@ -36,28 +36,43 @@ def _weights(class_weights: ClassWeights, num_classes: int | None):
     return None if w is None else w.tolist()
 
 
-class Dice(_SmpLoss):
+class _SoftOverlap(_SmpLoss):
+    """1 - a soft overlap score per class, averaged over classes (smp's `smp_class` in multiclass mode)."""
+
+    smp_class: type
+
+    def __init__(
+        self,
+        class_weights: ClassWeights = None,
+        num_classes: int | None = None,
+        smooth: float = 0.0,
+        log_loss: bool = False,
+        ignore_index: int = 255,
+    ):
+        super().__init__(
+            self.smp_class(
+                "multiclass",
+                log_loss=log_loss,
+                smooth=smooth,
+                ignore_index=ignore_index,
+                class_weights=_weights(class_weights, num_classes),
+            ),
+            ignore_index,
+        )
+
+
+class Dice(_SoftOverlap):
     """`loss=dice`: 1 - soft Dice per class (smp.losses.DiceLoss); `log_loss` uses -log(Dice)."""
 
     name = "dice"
-
-    def __init__(self, class_weights: ClassWeights = None, num_classes: int | None = None, smooth: float = 0.0,
-                 log_loss: bool = False, ignore_index: int = 255):
-        super().__init__(smp_losses.DiceLoss("multiclass", log_loss=log_loss, smooth=smooth,
-                                             ignore_index=ignore_index,
-                                             class_weights=_weights(class_weights, num_classes)), ignore_index)
+    smp_class = smp_losses.DiceLoss
 
 
-class Jaccard(_SmpLoss):
+class Jaccard(_SoftOverlap):
     """`loss=jaccard`: 1 - soft IoU per class (smp.losses.JaccardLoss)."""
 
     name = "jaccard"
-
-    def __init__(self, class_weights: ClassWeights = None, num_classes: int | None = None, smooth: float = 0.0,
-                 log_loss: bool = False, ignore_index: int = 255):
-        super().__init__(smp_losses.JaccardLoss("multiclass", log_loss=log_loss, smooth=smooth,
-                                                ignore_index=ignore_index,
-                                                class_weights=_weights(class_weights, num_classes)), ignore_index)
+    smp_class = smp_losses.JaccardLoss
 
 
 class Tversky(_SmpLoss):
@@ -65,11 +80,28 @@ class Tversky(_SmpLoss):
 
     name = "tversky"
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 1.0, class_weights: ClassWeights = None,
-                 num_classes: int | None = None, smooth: float = 0.0, ignore_index: int = 255):
-        super().__init__(smp_losses.TverskyLoss("multiclass", alpha=alpha, beta=beta, gamma=gamma, smooth=smooth,
-                                                ignore_index=ignore_index,
-                                                class_weights=_weights(class_weights, num_classes)), ignore_index)
+    def __init__(
+        self,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        gamma: float = 1.0,
+        class_weights: ClassWeights = None,
+        num_classes: int | None = None,
+        smooth: float = 0.0,
+        ignore_index: int = 255,
+    ):
+        super().__init__(
+            smp_losses.TverskyLoss(
+                "multiclass",
+                alpha=alpha,
+                beta=beta,
+                gamma=gamma,
+                smooth=smooth,
+                ignore_index=ignore_index,
+                class_weights=_weights(class_weights, num_classes),
+            ),
+            ignore_index,
+        )
 
 
 class Focal(_SmpLoss):
@@ -77,10 +109,24 @@ class Focal(_SmpLoss):
 
     name = "focal"
 
-    def __init__(self, gamma: float = 2.0, alpha: float | None = None, class_weights: ClassWeights = None,
-                 num_classes: int | None = None, ignore_index: int = 255):
-        super().__init__(smp_losses.FocalLoss("multiclass", gamma=gamma, alpha=alpha, ignore_index=ignore_index,
-                                              class_weights=_weights(class_weights, num_classes)), ignore_index)
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: float | None = None,
+        class_weights: ClassWeights = None,
+        num_classes: int | None = None,
+        ignore_index: int = 255,
+    ):
+        super().__init__(
+            smp_losses.FocalLoss(
+                "multiclass",
+                gamma=gamma,
+                alpha=alpha,
+                ignore_index=ignore_index,
+                class_weights=_weights(class_weights, num_classes),
+            ),
+            ignore_index,
+        )
 
 
 class Lovasz(_SmpLoss):
@@ -97,4 +143,5 @@ class Lovasz(_SmpLoss):
             return super().compute(logits, target, weight)
         labelled = (target != self.ignore_index).flatten(1).any(1).nonzero()[:, 0]
         return sum(super(Lovasz, self).compute(logits[i : i + 1], target[i : i + 1], weight) for i in labelled) / len(
-            labelled)
+            labelled
+        )

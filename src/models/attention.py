@@ -43,13 +43,13 @@ from torch import nn
 class AttentionMap:
     """The softmax attention of one transformer block; see the module docstring for shapes."""
 
-    name: str                   # the attention module's path in the network
+    name: str  # the attention module's path in the network
     stage: int
     block: int
-    probs: torch.Tensor         # (N, heads, queries, keys), detached
+    probs: torch.Tensor  # (N, heads, queries, keys), detached
     query_grid: tuple[int, int]
     key_grid: tuple[int, int]
-    num_prefix: int = 0         # leading prefix tokens (class/register) among queries and keys (ViT only)
+    num_prefix: int = 0  # leading prefix tokens (class/register) among queries and keys (ViT only)
 
 
 def attention_of(amap: AttentionMap, y: float, x: float) -> torch.Tensor:
@@ -57,13 +57,16 @@ def attention_of(amap: AttentionMap, y: float, x: float) -> torch.Tensor:
     (N, heads, key_grid[0], key_grid[1]); prefix keys are dropped (the map then sums to <= 1)."""
     gh, gw = amap.query_grid
     q = amap.num_prefix + min(int(y * gh), gh - 1) * gw + min(int(x * gw), gw - 1)
-    keys = amap.probs[:, :, q, amap.num_prefix:]
+    keys = amap.probs[:, :, q, amap.num_prefix :]
     return keys.reshape(*keys.shape[:2], *amap.key_grid)
 
 
 def _attention_modules(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in net.named_modules()
-            if isinstance(getattr(m, "attn_drop", None), nn.Module) and hasattr(m, "num_heads")]
+    return [
+        (name, m)
+        for name, m in net.named_modules()
+        if isinstance(getattr(m, "attn_drop", None), nn.Module) and hasattr(m, "num_heads")
+    ]
 
 
 @contextmanager
@@ -73,8 +76,10 @@ def record_attention(net: nn.Module, to_cpu: bool = False) -> Iterator[list[Atte
     the CPU as it is recorded (memory: e.g. MiT stage 0 at 512x512 is 16384 x 256 per head and image)."""
     modules = _attention_modules(net)
     if not modules:
-        raise ValueError("record_attention: this network has no attention blocks it knows (SegFormer's MiT "
-                         "encoders and timm ViTs, e.g. model=segformer or model=dpt).")
+        raise ValueError(
+            "record_attention: this network has no attention blocks it knows (SegFormer's MiT "
+            "encoders and timm ViTs, e.g. model=segformer or model=dpt)."
+        )
     maps: list[AttentionMap] = []
     handles, fused = [], []
     grids: dict[int, tuple[int, int]] = {}  # id(attention module) -> query grid of its current call
@@ -94,10 +99,12 @@ def record_attention(net: nn.Module, to_cpu: bool = False) -> Iterator[list[Atte
             attn.fused_attn = False
         sr = getattr(attn, "sr_ratio", None)
         if sr is not None:  # MiT: forward(x, height, width)
+
             def on_mit_input(module, args, kwargs):
                 h = args[1] if len(args) > 1 else kwargs["height"]
                 w = args[2] if len(args) > 2 else kwargs["width"]
                 grids[id(module)] = (int(h), int(w))
+
             handles.append(attn.register_forward_pre_hook(on_mit_input, with_kwargs=True))
         stage, block = _position(name, output_indices)
 

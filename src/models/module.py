@@ -9,7 +9,7 @@ matrix (src/metrics.py). `predict_step` returns label maps (N,H,W).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
@@ -22,13 +22,13 @@ from src.models.optim import BACKBONE_NAMES, param_groups
 
 class SegmentationModule(L.LightningModule):
     """Args:
-        net: the network, (N,3,H,W) -> (N,C,H,W).
-        loss: `loss(logits, target)` -> a scalar, or a dict with the total under "loss" and terms beside it.
-        optimizer: `optimizer(param_groups)` -> torch optimizer (a Hydra `_partial_`).
-        scheduler: `scheduler(optimizer, total_steps=...)` -> a per-step LR scheduler, or None.
-        num_classes, class_names, ignore_index: from the dataset config.
-        head_lr_mult, norm_weight_decay, no_decay_keys: parameter-group settings (src/models/optim.py).
-        train_metrics: also accumulate a confusion matrix on training batches (costs an argmax per step).
+    net: the network, (N,3,H,W) -> (N,C,H,W).
+    loss: `loss(logits, target)` -> a scalar, or a dict with the total under "loss" and terms beside it.
+    optimizer: `optimizer(param_groups)` -> torch optimizer (a Hydra `_partial_`).
+    scheduler: `scheduler(optimizer, total_steps=...)` -> a per-step LR scheduler, or None.
+    num_classes, class_names, ignore_index: from the dataset config.
+    head_lr_mult, norm_weight_decay, no_decay_keys, layer_decay: parameter-group settings (src/models/optim.py).
+    train_metrics: also accumulate a confusion matrix on training batches (costs an argmax per step).
     """
 
     def __init__(
@@ -43,6 +43,7 @@ class SegmentationModule(L.LightningModule):
         head_lr_mult: float = 1.0,
         norm_weight_decay: float | None = 0.0,
         no_decay_keys: Sequence[str] = (),
+        layer_decay: float | None = None,
         train_metrics: bool = True,
         run_config: dict | None = None,
     ):
@@ -52,9 +53,9 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.run_config = run_config
-        self.metrics = nn.ModuleDict({
-            f"{stage}_": SegMetrics(num_classes, ignore_index, self.class_names) for stage in ("train", "val", "test")
-        })  # keys get a "_" because ModuleDict may not shadow nn.Module.train
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_": SegMetrics(num_classes, ignore_index, self.class_names) for stage in ("train", "val", "test")}
+        )  # keys get a "_" because ModuleDict may not shadow nn.Module.train
         self.results: dict[str, dict] = {}  # stage -> the last scores computed (read by src.train / src.eval)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,8 +77,15 @@ class SegmentationModule(L.LightningModule):
         terms = out if isinstance(out, dict) else {"loss": out}
         on_step = stage == "train"
         for name, value in terms.items():
-            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=True, prog_bar=name == "loss",
-                     batch_size=len(logits), sync_dist=not on_step)
+            self.log(
+                f"{stage}/{name}",
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=len(logits),
+                sync_dist=not on_step,
+            )
         return terms["loss"]
 
     def training_step(self, batch, batch_idx):
@@ -111,8 +119,9 @@ class SegmentationModule(L.LightningModule):
         metric.reset()
         self.results[stage] = scores
         self.log_dict({f"{stage}/{k}": scores[k] for k in SUMMARY_KEYS}, prog_bar=False)
-        self.log_dict({f"{stage}/IoU/{name}": v["IoU"] for name, v in scores["per_class"].items()
-                       if not math.isnan(v["IoU"])})
+        self.log_dict(
+            {f"{stage}/IoU/{name}": v["IoU"] for name, v in scores["per_class"].items() if not math.isnan(v["IoU"])}
+        )
 
     def on_train_epoch_end(self):
         self._log_scores("train")
@@ -126,9 +135,15 @@ class SegmentationModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         base = self.optimizer_factory.keywords if hasattr(self.optimizer_factory, "keywords") else {}
-        groups = param_groups(self.net, lr=base.get("lr", 1e-3), weight_decay=base.get("weight_decay", 0.0),
-                              head_lr_mult=hp.head_lr_mult, norm_weight_decay=hp.norm_weight_decay,
-                              no_decay_keys=hp.no_decay_keys)
+        groups = param_groups(
+            self.net,
+            lr=base.get("lr", 1e-3),
+            weight_decay=base.get("weight_decay", 0.0),
+            head_lr_mult=hp.head_lr_mult,
+            norm_weight_decay=hp.norm_weight_decay,
+            no_decay_keys=hp.no_decay_keys,
+            layer_decay=hp.layer_decay,
+        )
         optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer

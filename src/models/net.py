@@ -26,9 +26,10 @@ from src.models.pretrained import check_pretrained_path, hub_download, load_pret
 from src.utils.checks import UserError
 
 ENCODER_LIST_HELP = (
-    "List them with: python -c \"import segmentation_models_pytorch as smp; print(smp.encoders.get_encoder_names())\""
+    'List them with: python -c "import segmentation_models_pytorch as smp; print(smp.encoders.get_encoder_names())"'
     " (smp encoders), or python -c \"import timm; print(timm.list_models('*convnext*'))\" for timm models, "
-    "used as tu-<name>.")
+    "used as tu-<name>."
+)
 
 
 class SegmentationNet(nn.Module):
@@ -55,8 +56,9 @@ class SegmentationNet(nn.Module):
         return out[..., :h, :w]
 
 
-def finish(net: nn.Module, stride: int, pretrained: str | None, skip_mismatched: bool,
-           min_size: int = 0) -> SegmentationNet:
+def finish(
+    net: nn.Module, stride: int, pretrained: str | None, skip_mismatched: bool, min_size: int = 0
+) -> SegmentationNet:
     """Wraps `net` to pad to `stride` (and `min_size`), then loads `pretrained` (a local file) into it if given."""
     wrapped = SegmentationNet(net, stride=stride, min_size=min_size)
     if pretrained is not None:
@@ -76,16 +78,20 @@ def check_encoder(arch: str, encoder: str) -> None:
         name = encoder[3:]
         if not timm.is_model(name):
             close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5)
-            raise UserError(f"model.encoder={encoder}: timm has no model {name!r}"
-                            + (f" (close: {', '.join('tu-' + c for c in close)})" if close else "")
-                            + f". {ENCODER_LIST_HELP}")
+            raise UserError(
+                f"model.encoder={encoder}: timm has no model {name!r}"
+                + (f" (close: {', '.join('tu-' + c for c in close)})" if close else "")
+                + f". {ENCODER_LIST_HELP}"
+            )
         return
     names = smp.encoders.get_encoder_names()
     if encoder not in names:
         close = difflib.get_close_matches(encoder, names, n=5)
-        raise UserError(f"model.encoder={encoder}: smp has no such encoder"
-                        + (f" (close: {', '.join(close)})" if close else "")
-                        + f"; any timm model works as tu-<name>. {ENCODER_LIST_HELP}")
+        raise UserError(
+            f"model.encoder={encoder}: smp has no such encoder"
+            + (f" (close: {', '.join(close)})" if close else "")
+            + f"; any timm model works as tu-<name>. {ENCODER_LIST_HELP}"
+        )
 
 
 def incompatible(arch: str, encoder: str, reason: str) -> UserError:
@@ -94,11 +100,15 @@ def incompatible(arch: str, encoder: str, reason: str) -> UserError:
     if arch == "dpt":
         hint = "DPT takes timm vision transformers only: e.g. model.encoder=tu-vit_base_patch16_224.augreg_in21k."
     elif "downsampling pattern" in reason:
-        hint = ("Plain vision transformers (one resolution throughout) work with model=dpt only; for this "
-                "architecture choose a CNN or a hierarchical encoder (resnet50, mit_b2, tu-convnext_tiny, ...).")
+        hint = (
+            "Plain vision transformers (one resolution throughout) work with model=dpt only; for this "
+            "architecture choose a CNN or a hierarchical encoder (resnet50, mit_b2, tu-convnext_tiny, ...)."
+        )
     elif "dilated" in reason:
-        hint = ("This architecture dilates the encoder's last stages (output stride 8/16); choose an encoder that "
-                "supports it (resnet*, resnext*, efficientnet-*, mobilenet_v2, mit_b*, most tu- CNNs).")
+        hint = (
+            "This architecture dilates the encoder's last stages (output stride 8/16); choose an encoder that "
+            "supports it (resnet*, resnext*, efficientnet-*, mobilenet_v2, mit_b*, most tu- CNNs)."
+        )
     elif encoder.startswith("mit_b"):
         hint = "MiT encoders work with unet, manet, fpn, pspnet, deeplabv3(plus), pan, upernet and segformer."
     return UserError(f"model.arch={arch} with model.encoder={encoder}: {reason.rstrip('.!')}. {hint}".rstrip())
@@ -109,9 +119,17 @@ def plain(value):
     return OmegaConf.to_container(value) if isinstance(value, (ListConfig, DictConfig)) else value
 
 
-def smp_net(arch: str, encoder: str = "resnet34", encoder_weights: str | None = None, num_classes: int = 2,
-            in_channels: int = 3, stride: int | None = None, pretrained: str | None = None,
-            skip_mismatched: bool = False, **kwargs) -> SegmentationNet:
+def smp_net(
+    arch: str,
+    encoder: str = "resnet34",
+    encoder_weights: str | None = None,
+    num_classes: int = 2,
+    in_channels: int = 3,
+    stride: int | None = None,
+    pretrained: str | None = None,
+    skip_mismatched: bool = False,
+    **kwargs,
+) -> SegmentationNet:
     """Any segmentation_models_pytorch architecture (`arch` as smp names it, e.g. "unet", "deeplabv3plus") with
     encoder `encoder` (an smp encoder name or tu-<timm model>); further keyword arguments go to the smp class
     (e.g. encoder_output_stride, decoder_atrous_rates). `encoder_weights` ("imagenet", or another tag smp knows
@@ -147,8 +165,10 @@ def smp_net(arch: str, encoder: str = "resnet34", encoder_weights: str | None = 
             raise
         except Exception:  # noqa: BLE001 - some encoders cannot be built on meta (MiT calls .item()): skip the check
             pass
-        with hub_download(f"model.encoder_weights={encoder_weights} for encoder {encoder}",
-                          local_weights_hint(encoder, encoder_weights)):
+        with hub_download(
+            f"model.encoder_weights={encoder_weights} for encoder {encoder}",
+            local_weights_hint(encoder, encoder_weights),
+        ):
             net = build(weights)
     if stride is None:
         stride = getattr(net.encoder, "output_stride", 32)
@@ -174,14 +194,22 @@ def local_weights_hint(encoder: str, weights) -> str:
         if settings:
             url = f"https://huggingface.co/{settings['repo_id']}/resolve/main/model.safetensors"
     where = f"download {url} where the internet is reachable, then " if url else "with the encoder's weights file, "
-    return (f"To train without the hub: {where}run with model.encoder_weights=null model.pretrained=/path/to/"
-            "model.safetensors (encoder-only files are placed under the encoder). Weights already in the "
-            "Hugging Face cache (~/.cache/huggingface) load offline.")
+    return (
+        f"To train without the hub: {where}run with model.encoder_weights=null model.pretrained=/path/to/"
+        "model.safetensors (encoder-only files are placed under the encoder). Weights already in the "
+        "Hugging Face cache (~/.cache/huggingface) load offline."
+    )
 
 
-def unet_classic(num_classes: int, in_channels: int = 3, base_channels: int = 64, depth: int = 4,
-                 upsampling: str = "transposed", pretrained: str | None = None,
-                 skip_mismatched: bool = False) -> SegmentationNet:
+def unet_classic(
+    num_classes: int,
+    in_channels: int = 3,
+    base_channels: int = 64,
+    depth: int = 4,
+    upsampling: str = "transposed",
+    pretrained: str | None = None,
+    skip_mismatched: bool = False,
+) -> SegmentationNet:
     """The original U-Net (src/models/nets/unet.py), padded to its stride."""
     from src.models.nets.unet import UNet
 
@@ -190,10 +218,18 @@ def unet_classic(num_classes: int, in_channels: int = 3, base_channels: int = 64
     return finish(net, net.stride, pretrained, skip_mismatched)
 
 
-def fcn(num_classes: int, variant: str = "8s", in_channels: int = 3, channels: Sequence[int] = (64, 128, 256, 512, 512),
-        convs: Sequence[int] = (2, 2, 3, 3, 3), fc_channels: int = 4096, dropout: float = 0.5,
-        encoder_weights: str | None = None, pretrained: str | None = None,
-        skip_mismatched: bool = False) -> SegmentationNet:
+def fcn(
+    num_classes: int,
+    variant: str = "8s",
+    in_channels: int = 3,
+    channels: Sequence[int] = (64, 128, 256, 512, 512),
+    convs: Sequence[int] = (2, 2, 3, 3, 3),
+    fc_channels: int = 4096,
+    dropout: float = 0.5,
+    encoder_weights: str | None = None,
+    pretrained: str | None = None,
+    skip_mismatched: bool = False,
+) -> SegmentationNet:
     """FCN-32s/16s/8s on a VGG backbone (src/models/nets/fcn.py)."""
     from src.models.nets.fcn import FCN
 
@@ -202,9 +238,15 @@ def fcn(num_classes: int, variant: str = "8s", in_channels: int = 3, channels: S
     return finish(net, net.stride, pretrained, skip_mismatched)
 
 
-def segnet(num_classes: int, in_channels: int = 3, channels: Sequence[int] = (64, 128, 256, 512, 512),
-           convs: Sequence[int] = (2, 2, 3, 3, 3), encoder_weights: str | None = None, pretrained: str | None = None,
-           skip_mismatched: bool = False) -> SegmentationNet:
+def segnet(
+    num_classes: int,
+    in_channels: int = 3,
+    channels: Sequence[int] = (64, 128, 256, 512, 512),
+    convs: Sequence[int] = (2, 2, 3, 3, 3),
+    encoder_weights: str | None = None,
+    pretrained: str | None = None,
+    skip_mismatched: bool = False,
+) -> SegmentationNet:
     """SegNet with max-unpooling by the encoder's pooling indices (src/models/nets/segnet.py)."""
     from src.models.nets.segnet import SegNet
 

@@ -12,9 +12,15 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Loc
 BACKBONE_NAMES = ("encoder", "backbone")
 
 
-def param_groups(net: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
-                 norm_weight_decay: float | None = 0.0, no_decay_keys: Sequence[str] = (),
-                 layer_decay: float | None = None) -> list[dict]:
+def param_groups(
+    net: nn.Module,
+    lr: float,
+    weight_decay: float,
+    head_lr_mult: float = 1.0,
+    norm_weight_decay: float | None = 0.0,
+    no_decay_keys: Sequence[str] = (),
+    layer_decay: float | None = None,
+) -> list[dict]:
     """Split parameters into groups: backbone vs the rest (decoder/head, `head_lr_mult` x lr), and decayed vs not.
 
     The backbone is any sub-module named `encoder` or `backbone` (smp's naming). Parameters of normalisation
@@ -59,8 +65,9 @@ def backbone_layer_ids(net: nn.Module) -> dict[str, int]:
     (the name up to its first numeric part, e.g. `stages_1.blocks.2`, `layer3.0`) is a layer, in the order the
     encoder registers them, and the parameters registered before the first block form layer 0.
     """
-    prefix, backbone = next(((n, m) for n, m in net.named_modules() if n.split(".")[-1] in BACKBONE_NAMES),
-                            (None, None))
+    prefix, backbone = next(
+        ((n, m) for n, m in net.named_modules() if n.split(".")[-1] in BACKBONE_NAMES), (None, None)
+    )
     if backbone is None:
         return {}
     names = [n for n, _ in backbone.named_parameters()]
@@ -73,7 +80,7 @@ def backbone_layer_ids(net: nn.Module) -> dict[str, int]:
         layer_map = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
         last = max(layer_map.values(), default=0)
         sub = f"{sub}." if sub else ""
-        ids = {n: layer_map.get(n[len(sub):], last) if n.startswith(sub) else last for n in names}
+        ids = {n: layer_map.get(n[len(sub) :], last) if n.startswith(sub) else last for n in names}
     else:
         units: dict[str, int] = {}
         for n in names:
@@ -92,8 +99,15 @@ def constant_factor(epoch: int, factor: float = 1.0) -> float:
     return factor
 
 
-def lr_factor(step: int, total: int, kind: str = "poly", warmup_iters: int = 0, warmup_ratio: float = 1e-6,
-              power: float = 1.0, min_lr_ratio: float = 0.0) -> float:
+def lr_factor(
+    step: int,
+    total: int,
+    kind: str = "poly",
+    warmup_iters: int = 0,
+    warmup_ratio: float = 1e-6,
+    power: float = 1.0,
+    min_lr_ratio: float = 0.0,
+) -> float:
     """The multiplier of the base LR at `step` (0-based) of `total` optimizer steps."""
     if kind == "poly":
         main = (1 - min(step, total) / max(total, 1)) ** power
@@ -109,9 +123,16 @@ def lr_factor(step: int, total: int, kind: str = "poly", warmup_iters: int = 0, 
     return main
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, kind: str = "poly", warmup_iters: int = 0,
-                    warmup_ratio: float = 1e-6, power: float = 1.0, min_lr_ratio: float = 0.0,
-                    max_iters: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    kind: str = "poly",
+    warmup_iters: int = 0,
+    warmup_ratio: float = 1e-6,
+    power: float = 1.0,
+    min_lr_ratio: float = 0.0,
+    max_iters: int | None = None,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step LambdaLR; `max_iters` (if set) overrides the length the trainer computes."""
     total = int(max_iters or total_steps)
     return StepSchedule(optimizer, lambda s: lr_factor(s, total, kind, warmup_iters, warmup_ratio, power, min_lr_ratio))
@@ -126,4 +147,4 @@ class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
 
     def get_lr(self):
         lrs = super().get_lr()
-        return lrs + [group["lr"] for group in self.optimizer.param_groups[len(lrs):]]
+        return lrs + [group["lr"] for group in self.optimizer.param_groups[len(lrs) :]]

@@ -49,11 +49,15 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"model.pretrained={self.path}: loaded {len(self.loaded)} tensors"
-                 + (f" (file keys placed under '{self.prefix}')" if self.prefix else "")]
-        for name, keys in (("missing in the file (keep their initial values)", self.missing),
-                           ("in the file but not in the network (ignored)", self.unexpected),
-                           ("skipped for their shape (keep their initial values)", self.skipped)):
+        lines = [
+            f"model.pretrained={self.path}: loaded {len(self.loaded)} tensors"
+            + (f" (file keys placed under '{self.prefix}')" if self.prefix else "")
+        ]
+        for name, keys in (
+            ("missing in the file (keep their initial values)", self.missing),
+            ("in the file but not in the network (ignored)", self.unexpected),
+            ("skipped for their shape (keep their initial values)", self.skipped),
+        ):
             if keys:
                 lines.append(f"  {len(keys)} {name}: {_short(keys)}")
         return "\n".join(lines)
@@ -69,8 +73,10 @@ def check_pretrained_path(path: str | None) -> Path | None:
         return None
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UserError(f"model.pretrained={path}: no such file. Give a state dict (.pt/.pth), a .safetensors file "
-                        "or a checkpoint of this template (<run dir>/checkpoints/*.ckpt).")
+        raise UserError(
+            f"model.pretrained={path}: no such file. Give a state dict (.pt/.pth), a .safetensors file "
+            "or a checkpoint of this template (<run dir>/checkpoints/*.ckpt)."
+        )
     return file
 
 
@@ -87,7 +93,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # noqa: BLE001 - any unpickling problem means the same thing to the user
         raise UserError(f"model.pretrained={path}: cannot read it as a PyTorch weights file ({err}).") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # Lightning checkpoint
-        obj = {k[len("net."):]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
+        obj = {k[len("net.") :]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # {"model": state_dict, ...} (timm, others)
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -103,20 +109,27 @@ def load_pretrained(net: nn.Module, path: str | Path, skip_mismatched: bool = Fa
     placed = {prefix + k: v for k, v in weights.items()}
     common = [k for k in placed if k in own]
     if not common:
-        raise UserError(f"model.pretrained={path}: none of its {len(weights)} keys matches the network's "
-                        f"(file: {_short(list(weights), 3)}; network: {_short(list(own), 3)}). "
-                        "Is it the weights of another architecture or encoder?")
+        raise UserError(
+            f"model.pretrained={path}: none of its {len(weights)} keys matches the network's "
+            f"(file: {_short(list(weights), 3)}; network: {_short(list(own), 3)}). "
+            "Is it the weights of another architecture or encoder?"
+        )
     mismatched = [k for k in common if placed[k].shape != own[k].shape]
     if mismatched and not skip_mismatched:
         shapes = "; ".join(f"{k}: file {tuple(placed[k].shape)} vs network {tuple(own[k].shape)}" for k in mismatched)
-        raise UserError(f"model.pretrained={path}: {len(mismatched)} tensors have another shape than the "
-                        f"network's: {shapes}. If that is intended (e.g. a new head for another number of "
-                        "classes), add model.skip_mismatched=true to keep the network's initial values for them.")
-    report = LoadReport(str(path), prefix,
-                        loaded=[k for k in common if k not in mismatched],
-                        missing=[k for k in own if k not in placed],
-                        unexpected=[k for k in placed if k not in own],
-                        skipped=mismatched)
+        raise UserError(
+            f"model.pretrained={path}: {len(mismatched)} tensors have another shape than the "
+            f"network's: {shapes}. If that is intended (e.g. a new head for another number of "
+            "classes), add model.skip_mismatched=true to keep the network's initial values for them."
+        )
+    report = LoadReport(
+        str(path),
+        prefix,
+        loaded=[k for k in common if k not in mismatched],
+        missing=[k for k in own if k not in placed],
+        unexpected=[k for k in placed if k not in own],
+        skipped=mismatched,
+    )
     net.load_state_dict({k: placed[k] for k in report.loaded}, strict=False)
     log.info(report.summary())
     return report
@@ -144,8 +157,10 @@ def _reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> bool:
 def check_reachable(url: str, what: str, fallback: str) -> None:
     """Fail at once (UserError naming `what` and `fallback`) when the host of a download `url` is unreachable."""
     if not _reachable(url):
-        raise UserError(f"{what}: cannot download {url} (not reachable within {HUB_TIMEOUT_S:.0f} s) and it is not "
-                        f"in the local cache. {fallback}")
+        raise UserError(
+            f"{what}: cannot download {url} (not reachable within {HUB_TIMEOUT_S:.0f} s) and it is not "
+            f"in the local cache. {fallback}"
+        )
 
 
 @contextmanager
@@ -160,9 +175,13 @@ def hub_download(what: str, fallback: str):
     try:
         yield
     except OSError as err:  # huggingface_hub's LocalEntryNotFoundError / OfflineModeIsEnabled, socket errors
-        reason = "offline mode (HF_HUB_OFFLINE) is on" if was_offline else (
-            f"{constants.ENDPOINT} is not reachable" if offline else f"the download failed: {err}")
-        raise UserError(f"{what}: cannot download the weights ({reason}) and they are not in the local cache. "
-                        f"{fallback}") from err
+        reason = (
+            "offline mode (HF_HUB_OFFLINE) is on"
+            if was_offline
+            else (f"{constants.ENDPOINT} is not reachable" if offline else f"the download failed: {err}")
+        )
+        raise UserError(
+            f"{what}: cannot download the weights ({reason}) and they are not in the local cache. {fallback}"
+        ) from err
     finally:
         constants.HF_HUB_OFFLINE = was_offline

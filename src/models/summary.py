@@ -40,14 +40,16 @@ def summarize(net: nn.Module, input_size: tuple[int, int], batch_size: int = 1, 
 
 
 def format_summary(name: str, s: dict, input_shape: tuple[int, ...]) -> str:
-    return "\n".join([
-        f"model: {name}",
-        f"parameters: {s['params'] / 1e6:.2f} M (trainable {s['trainable'] / 1e6:.2f} M, "
-        f"encoder {s['encoder_params'] / 1e6:.2f} M)",
-        f"FLOPs: {s['flops'] / 1e9:.2f} G for input {'x'.join(map(str, input_shape))} "
-        "(multiply-add = 2 FLOPs; MACs are half)",
-        f"output shape: {s['output_shape']}",
-    ])
+    return "\n".join(
+        [
+            f"model: {name}",
+            f"parameters: {s['params'] / 1e6:.2f} M (trainable {s['trainable'] / 1e6:.2f} M, "
+            f"encoder {s['encoder_params'] / 1e6:.2f} M)",
+            f"FLOPs: {s['flops'] / 1e9:.2f} G for input {'x'.join(map(str, input_shape))} "
+            "(multiply-add = 2 FLOPs; MACs are half)",
+            f"output shape: {s['output_shape']}",
+        ]
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="summary.yaml")

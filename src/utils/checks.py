@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -14,8 +19,10 @@ def check_ckpt(ckpt_path: str | None, key: str = "ckpt_path") -> Path | None:
         return None
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise UserError(f"{key}={ckpt_path}: no such checkpoint file. Checkpoints of a run are in "
-                        "<run dir>/checkpoints/ (best: epoch*.ckpt, latest: last.ckpt).")
+        raise UserError(
+            f"{key}={ckpt_path}: no such checkpoint file. Checkpoints of a run are in "
+            "<run dir>/checkpoints/ (best: epoch*.ckpt, latest: last.ckpt)."
+        )
     return path
 
 
@@ -24,6 +31,17 @@ def check_fresh_output(output_dir: str | Path) -> None:
     out = Path(output_dir)
     taken = [p for p in (out / "checkpoints", out / "metrics.json") if p.exists() and (p.is_file() or any(p.iterdir()))]
     if taken:
-        raise UserError(f"{out} already holds results of an earlier run ({taken[0].name}); nothing is overwritten. "
-                        "Choose another folder with hydra.run.dir=..., or resume that run with ckpt_path=.../last.ckpt "
-                        "(a resumed run writes to a new folder).")
+        raise UserError(
+            f"{out} already holds results of an earlier run ({taken[0].name}); nothing is overwritten. "
+            "Choose another folder with hydra.run.dir=..., or resume that run with ckpt_path=.../last.ckpt "
+            "(a resumed run writes to a new folder)."
+        )
+
+
+def exit_on_user_error(fn: Callable[..., T], *args) -> T:
+    """Run an entry point; a user's mistake prints one line (`error: ...`) and exits with status 2, no traceback."""
+    try:
+        return fn(*args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

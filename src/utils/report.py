@@ -47,6 +47,7 @@ def print_scores(scores: dict, title: str) -> None:
 @rank_zero_only
 def write_metrics(path: Path, scores: dict, **extra) -> None:
     """metrics.json: summary scores and per_class as fractions 0-1 (NaN written as null), plus `extra` keys."""
+
     def clean(x):
         if isinstance(x, dict):
             return {k: clean(v) for k, v in x.items()}

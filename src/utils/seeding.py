@@ -30,8 +30,12 @@ class EpochSeed(L.Callback):
         random.seed(s)
         loaders = trainer.train_dataloader
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        stale = [dl for dl in loaders if isinstance(getattr(dl, "sampler", None), EpochSampler)
-                 and dl.sampler.iterated_epoch not in (None, dl.sampler.epoch)]
+        stale = [
+            dl
+            for dl in loaders
+            if isinstance(getattr(dl, "sampler", None), EpochSampler)
+            and dl.sampler.iterated_epoch not in (None, dl.sampler.epoch)
+        ]
         fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
         if stale and fetcher is not None:
             iter(fetcher)  # what Lightning itself does at the start of every later epoch

@@ -59,14 +59,19 @@ class VGGBackbone(nn.Module):
     """VGG conv stages, each ending in 2x2 max-pooling, and fc6/fc7 as convolutions. Returns pool3, pool4 and the
     fc7 features (strides 8, 16, 32)."""
 
-    def __init__(self, in_channels: int, channels: Sequence[int], convs: Sequence[int], fc_channels: int,
-                 dropout: float):
+    def __init__(
+        self, in_channels: int, channels: Sequence[int], convs: Sequence[int], fc_channels: int, dropout: float
+    ):
         super().__init__()
         self.stages = vgg_stages(in_channels, channels, convs, batch_norm=False)
         self.pool = nn.MaxPool2d(2, 2)
         self.fc = nn.Sequential(
-            nn.Conv2d(channels[-1], fc_channels, 7, padding=3), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Conv2d(fc_channels, fc_channels, 1), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv2d(channels[-1], fc_channels, 7, padding=3),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(fc_channels, fc_channels, 1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -94,9 +99,17 @@ class FCN(nn.Module):
 
     stride = 32
 
-    def __init__(self, num_classes: int, variant: Variant = "8s", in_channels: int = 3,
-                 channels: Sequence[int] = VGG16_CHANNELS, convs: Sequence[int] = VGG16_CONVS,
-                 fc_channels: int = 4096, dropout: float = 0.5, encoder_weights: str | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        variant: Variant = "8s",
+        in_channels: int = 3,
+        channels: Sequence[int] = VGG16_CHANNELS,
+        convs: Sequence[int] = VGG16_CONVS,
+        fc_channels: int = 4096,
+        dropout: float = 0.5,
+        encoder_weights: str | None = None,
+    ):
         super().__init__()
         if variant not in ("32s", "16s", "8s"):
             raise UserError(f"model.variant={variant!r} is not known: use 32s, 16s or 8s.")

@@ -39,8 +39,14 @@ class SegNet(nn.Module):
     3)); encoder_weights None or "imagenet" (torchvision's VGG16-BN). Input sides must be multiples of
     2**len(channels) (SegmentationNet pads)."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, channels: Sequence[int] = VGG16_CHANNELS,
-                 convs: Sequence[int] = VGG16_CONVS, encoder_weights: str | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        channels: Sequence[int] = VGG16_CHANNELS,
+        convs: Sequence[int] = VGG16_CONVS,
+        encoder_weights: str | None = None,
+    ):
         super().__init__()
         self.encoder = vgg_stages(in_channels, channels, convs, batch_norm=True)
         if encoder_weights == "imagenet":

@@ -21,8 +21,12 @@ Upsampling = Literal["transposed", "bilinear", "nearest", "pixel_shuffle"]
 
 def double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -34,20 +38,26 @@ def upsample(cin: int, cout: int, mode: Upsampling) -> nn.Module:
         return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(cin, cout, 1))
     if mode == "pixel_shuffle":
         return nn.Sequential(nn.Conv2d(cin, cout * 4, 1), nn.PixelShuffle(2))
-    raise UserError(f"model.upsampling={mode!r} is not supported: use transposed, bilinear, nearest or "
-                     "pixel_shuffle.")
+    raise UserError(f"model.upsampling={mode!r} is not supported: use transposed, bilinear, nearest or pixel_shuffle.")
 
 
 class UNet(nn.Module):
     """Args: num_classes; in_channels; base_channels (64 in the paper); depth = number of poolings (4 in the
     paper); upsampling as above. Input sides must be divisible by 2**depth (SegmentationNet pads)."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, base_channels: int = 64, depth: int = 4,
-                 upsampling: Upsampling = "transposed"):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        base_channels: int = 64,
+        depth: int = 4,
+        upsampling: Upsampling = "transposed",
+    ):
         super().__init__()
         chans = [base_channels * 2**i for i in range(depth + 1)]
-        self.encoder = nn.ModuleList([double_conv(in_channels, chans[0])] +
-                                     [double_conv(chans[i], chans[i + 1]) for i in range(depth)])
+        self.encoder = nn.ModuleList(
+            [double_conv(in_channels, chans[0])] + [double_conv(chans[i], chans[i + 1]) for i in range(depth)]
+        )
         self.pool = nn.MaxPool2d(2)
         self.ups = nn.ModuleList([upsample(chans[i + 1], chans[i], upsampling) for i in reversed(range(depth))])
         self.decoder = nn.ModuleList([double_conv(chans[i] * 2, chans[i]) for i in reversed(range(depth))])

@@ -32,8 +32,10 @@ def vgg_stage(cin: int, cout: int, convs: int, batch_norm: bool) -> nn.Sequentia
 
 def vgg_stages(in_channels: int, channels: Sequence[int], convs: Sequence[int], batch_norm: bool) -> nn.ModuleList:
     if len(channels) != len(convs):
-        raise UserError(f"model.channels {list(channels)} and model.convs {list(convs)} must have the same length "
-                        "(one entry per stage).")
+        raise UserError(
+            f"model.channels {list(channels)} and model.convs {list(convs)} must have the same length "
+            "(one entry per stage)."
+        )
     cins = [in_channels, *channels[:-1]]
     return nn.ModuleList([vgg_stage(a, b, n, batch_norm) for a, b, n in zip(cins, channels, convs)])
 
@@ -41,8 +43,10 @@ def vgg_stages(in_channels: int, channels: Sequence[int], convs: Sequence[int], 
 def check_vgg16_layout(in_channels: int, channels: Sequence[int], convs: Sequence[int]) -> None:
     """ImageNet weights fit only the VGG16 layout: say so before anything is downloaded."""
     if in_channels != 3 or tuple(channels) != VGG16_CHANNELS or tuple(convs) != VGG16_CONVS:
-        raise UserError("model.encoder_weights=imagenet needs the VGG16 layout: model.channels="
-                        f"{list(VGG16_CHANNELS)} model.convs={list(VGG16_CONVS)} and in_channels=3.")
+        raise UserError(
+            "model.encoder_weights=imagenet needs the VGG16 layout: model.channels="
+            f"{list(VGG16_CHANNELS)} model.convs={list(VGG16_CONVS)} and in_channels=3."
+        )
 
 
 def imagenet_vgg16(batch_norm: bool) -> nn.Module:
@@ -53,9 +57,12 @@ def imagenet_vgg16(batch_norm: bool) -> nn.Module:
     weights = (torchvision.models.VGG16_BN_Weights if batch_norm else torchvision.models.VGG16_Weights).IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
-        check_reachable(weights.url, "model.encoder_weights=imagenet",
-                        f"Put {Path(weights.url).name} (from {weights.url}) into {cached.parent}, or load weights of "
-                        "this network from a local file with model.encoder_weights=null model.pretrained=PATH.")
+        check_reachable(
+            weights.url,
+            "model.encoder_weights=imagenet",
+            f"Put {Path(weights.url).name} (from {weights.url}) into {cached.parent}, or load weights of "
+            "this network from a local file with model.encoder_weights=null model.pretrained=PATH.",
+        )
     return (torchvision.models.vgg16_bn if batch_norm else torchvision.models.vgg16)(weights=weights)
 
 
