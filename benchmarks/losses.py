@@ -86,20 +86,42 @@ def main() -> None:
     for method in ("median_frequency", "inverse_log"):  # the two methods of `python -m src.data.check`
         weights[method] = class_weights(counts, present, method).tolist()
         files[method] = args.out / f"class_weights_synthetic_{method}.json"
-        files[method].write_text(json.dumps({
-            "dataset": "synthetic", "method": method, "class_names": list(CLASS_NAMES), "weights": weights[method],
-            "pixel_counts": counts.tolist()}, indent=2))
+        files[method].write_text(
+            json.dumps(
+                {
+                    "dataset": "synthetic",
+                    "method": method,
+                    "class_names": list(CLASS_NAMES),
+                    "weights": weights[method],
+                    "pixel_counts": counts.tolist(),
+                },
+                indent=2,
+            )
+        )
         print(f"{method} class weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(CLASS_NAMES, weights[method])))
 
     common = [
-        f"seed={args.seed}", f"data.train_size={args.train_size}", f"data.val_size={args.eval_size}",
-        f"data.test_size={args.eval_size}", f"data.shape_probs=[{','.join(str(p) for p in probs)}]",
-        f"data.image_size={args.image_size}", f"data.max_shapes={args.max_shapes}",
+        f"seed={args.seed}",
+        f"data.train_size={args.train_size}",
+        f"data.val_size={args.eval_size}",
+        f"data.test_size={args.eval_size}",
+        f"data.shape_probs=[{','.join(str(p) for p in probs)}]",
+        f"data.image_size={args.image_size}",
+        f"data.max_shapes={args.max_shapes}",
         f"data.shape_radius=[{args.radius}]",
-        f"data.batch_size={args.batch_size}", "model=unet_classic", f"model.base_channels={args.base_channels}",
-        f"model.depth={args.depth}", f"optimizer.lr={args.lr}", f"trainer.max_epochs={args.epochs}",
-        "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
-        "callbacks=none", "logger=none", "extras.print_config=false", "test=true",
+        f"data.batch_size={args.batch_size}",
+        "model=unet_classic",
+        f"model.base_channels={args.base_channels}",
+        f"model.depth={args.depth}",
+        f"optimizer.lr={args.lr}",
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.accelerator=cpu",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks=none",
+        "logger=none",
+        "extras.print_config=false",
+        "test=true",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     rows = []
@@ -114,24 +136,44 @@ def main() -> None:
             sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         test = metrics["test"]
-        rows.append({"loss": name, "overrides": overrides, "seconds": round(seconds),
-                     "test_rare_IoU": test["per_class"][RARE]["IoU"], "test_mIoU": test["mIoU"],
-                     "val_rare_IoU": metrics["per_class"][RARE]["IoU"], "val_mIoU": metrics["mIoU"]})
-        print(f"{name}: rare IoU {rows[-1]['test_rare_IoU']}, mIoU {rows[-1]['test_mIoU']:.4f} ({seconds:.0f} s)",
-              flush=True)
+        rows.append(
+            {
+                "loss": name,
+                "overrides": overrides,
+                "seconds": round(seconds),
+                "test_rare_IoU": test["per_class"][RARE]["IoU"],
+                "test_mIoU": test["mIoU"],
+                "val_rare_IoU": metrics["per_class"][RARE]["IoU"],
+                "val_mIoU": metrics["mIoU"],
+            }
+        )
+        print(
+            f"{name}: rare IoU {rows[-1]['test_rare_IoU']}, mIoU {rows[-1]['test_mIoU']:.4f} ({seconds:.0f} s)",
+            flush=True,
+        )
 
     steps = args.epochs * (args.train_size // args.batch_size)
-    print(f"\n{RARE} = {100 * share[CLASS_NAMES.index(RARE)]:.2f}% of training pixels; {steps} steps of "
-          f"{args.batch_size} images each; test split ({args.eval_size} images), final weights\n")
+    print(
+        f"\n{RARE} = {100 * share[CLASS_NAMES.index(RARE)]:.2f}% of training pixels; {steps} steps of "
+        f"{args.batch_size} images each; test split ({args.eval_size} images), final weights\n"
+    )
     print(f"| loss | config | {RARE} IoU (rare) | mIoU | time |\n|---|---|---:|---:|---:|")
     for r in rows:
         rare = "-" if r["test_rare_IoU"] is None else f"{100 * r['test_rare_IoU']:.2f}"
         config = " ".join(r["overrides"]).replace(f"{args.out}/", "")
-        print(f"| {r['loss']} | `{config}` | {rare} | "
-              f"{100 * r['test_mIoU']:.2f} | {r['seconds']} s |")
-    (args.out / "results.json").write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "pixel_share": dict(zip(CLASS_NAMES, share.tolist())),
-        "class_weights": weights, "steps": steps, "rows": rows}, indent=2))
+        print(f"| {r['loss']} | `{config}` | {rare} | {100 * r['test_mIoU']:.2f} | {r['seconds']} s |")
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "pixel_share": dict(zip(CLASS_NAMES, share.tolist())),
+                "class_weights": weights,
+                "steps": steps,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.utils.build import build_datamodule, build_module, build_trainer
+from src.utils.build import build_datamodule, build_module, build_trainer, finish_loggers
 from src.utils.checks import UserError, check_ckpt, exit_on_user_error
 from src.utils.report import print_scores, write_metrics
 
@@ -51,10 +51,11 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.validate()
     module = build_module(stored, datamodule)
     trainer = build_trainer(stored)
-    if cfg.split == "test":
-        trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
-    else:
-        trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    try:
+        run(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
+    finally:
+        finish_loggers(trainer)
     scores = module.results[cfg.split]
     if trainer.is_global_zero:
         print_scores(scores, title=f"{cfg.split} scores of {ckpt_path.name}")

@@ -13,7 +13,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from src.utils.build import build_datamodule, build_module, build_trainer
+from src.utils.build import build_datamodule, build_module, build_trainer, finish_loggers
 from src.utils.checks import check_ckpt, check_fresh_output, exit_on_user_error
 from src.utils.report import print_config, print_scores, write_metrics
 from src.utils.seeding import EpochSeed
@@ -33,22 +33,25 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, extra_callbacks=[EpochSeed(cfg.seed)])
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    best = best or None  # fast_dev_run and debug runs save no checkpoint: evaluate the weights in memory
-    results = {}
-    trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-    results["val"] = module.results["val"]
-    if cfg.get("test") and getattr(datamodule, "has_test", False):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-        results["test"] = module.results["test"]
-    if trainer.is_global_zero:
-        for split, scores in results.items():
-            print_scores(scores, title=f"{split} scores ({'best checkpoint' if best else 'final weights'})")
-        extra = {"split": "val", "ckpt_path": best}
-        if "test" in results:
-            extra["test"] = results["test"]
-        write_metrics(output_dir / "metrics.json", results["val"], **extra)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best or None  # fast_dev_run and debug runs save no checkpoint: evaluate the weights in memory
+        results = {}
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        results["val"] = module.results["val"]
+        if cfg.get("test") and getattr(datamodule, "has_test", False):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+            results["test"] = module.results["test"]
+        if trainer.is_global_zero:
+            for split, scores in results.items():
+                print_scores(scores, title=f"{split} scores ({'best checkpoint' if best else 'final weights'})")
+            extra = {"split": "val", "ckpt_path": best}
+            if "test" in results:
+                extra["test"] = results["test"]
+            write_metrics(output_dir / "metrics.json", results["val"], **extra)
+    finally:
+        finish_loggers(trainer)
     return results
 
 

@@ -333,3 +333,18 @@ def test_segnet_encoder_takes_vgg16_bn_layer_by_layer():
     assert len(theirs) == len(ours) == 26
     for a, b in zip(theirs, ours):
         assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["unet_small", "segnet", "fcn8s", "deeplabv3plus", "segformer"])
+def test_channels_last_gives_the_same_logits(name):
+    """`module.channels_last` (on by default) changes the memory layout only: same logits, any input size."""
+    from src.models.module import SegmentationModule
+
+    torch.manual_seed(0)
+    net = build(f"model={name}", *SMALL.get(name, [])).eval()
+    x = torch.randn(2, 3, 50, 70)
+    with torch.no_grad():
+        expected = net(x)
+        module = SegmentationModule(net, loss=None, optimizer=None, num_classes=NUM_CLASSES, channels_last=True)
+        assert next(p for p in net.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-4)

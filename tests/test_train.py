@@ -25,7 +25,13 @@ def test_fast_dev_run_default_config(train_cfg, tmp_path):
 
 def test_eval_reproduces_logged_val_metrics(train_cfg, tmp_path):
     results = train(train_cfg())
-    ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch*.ckpt"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    # the monitored name val/mIoU holds a '/': it must not turn into a sub-folder of checkpoints/
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        f"epoch000-mIoU{results['val']['mIoU']:.4f}.ckpt",
+        "last.ckpt",
+    ]
+    ckpt = next(checkpoints.glob("epoch*.ckpt"))
     eval_cfg = compose_config("eval", [f"ckpt_path={ckpt}", "extras.print_config=false"], tmp_path / "eval")
     scores = evaluate(eval_cfg)
     for key in ("mIoU", "aAcc", "mAcc", "fwIoU", "mDice"):
@@ -92,19 +98,21 @@ def test_existing_results_are_never_overwritten(train_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_short_training_beats_majority_baseline(train_cfg):
-    """The default model on a third of the default budget: far above predicting the majority class (background)
-    everywhere, which scores about 0.16 mIoU."""
+    """The default model and data on half the default budget (750 steps): far above predicting the majority class
+    (background) everywhere, which scores about 0.13 mIoU."""
     results = train(
         train_cfg(
             "model=unet_small",
-            "data.train_size=1600",
+            "model.base_channels=16",  # FAST's overrides of model keys apply after the group choice
+            "model.depth=3",
+            "data.train_size=2400",
             "data.val_size=100",
             "data.batch_size=32",
             "trainer.max_epochs=10",
         )
     )
     baseline = compute_majority_baseline(train_cfg)
-    assert results["val"]["mIoU"] > baseline + 0.2, (results["val"]["mIoU"], baseline)
+    assert results["val"]["mIoU"] > baseline + 0.3, (results["val"]["mIoU"], baseline)
 
 
 def compute_majority_baseline(train_cfg) -> float:

@@ -66,3 +66,14 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
     if not loggers:  # `logger=none`: LearningRateMonitor would stop the run ("Cannot use ... without a logger")
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def finish_loggers(trainer) -> None:
+    """Close the W&B run (and flush the others) when a task ends, so that the next run of a sweep, or of the same
+    Python session, starts its own W&B run instead of logging into this one (WandbLogger reuses an open run)."""
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    if any(type(logger).__name__ == "WandbLogger" for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
