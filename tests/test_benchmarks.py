@@ -1,0 +1,47 @@
+"""The benchmark scripts run (on tiny settings; what they measure is not asserted, only that they measure it)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_data_benchmark_prints_a_row_per_worker_setting(capsys):
+    spec = importlib.util.spec_from_file_location("data_benchmark", ROOT / "benchmarks" / "data.py")
+    data_benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_benchmark)
+    data_benchmark.main(["batches=3", "workers=0,1", "data.train_size=64", "data.batch_size=8"])
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")
+    ]
+    assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows)
+
+
+def test_losses_benchmark_writes_its_table(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "losses.py"),
+            "--train-size",
+            "64",
+            "--eval-size",
+            "8",
+            "--losses",
+            "ce,ce_median_frequency",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["loss"] for r in results["rows"]] == ["ce", "ce_median_frequency"]
+    assert (tmp_path / "class_weights_synthetic_median_frequency.json").is_file()
+    assert "| ce |" in out.stdout
