@@ -121,3 +121,19 @@ def test_every_readme_train_command_composes(overrides, tmp_path):
             instantiate(cfg[part], _convert_="partial")
         except UserError as err:
             assert "no such file" in str(err), err
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.class_names=[a,b]", "data.class_names"),
+        ("data.shape_radius=[0.3,0.1]", "data.shape_radius"),
+        ("data.shape_probs=[1,1]", "data.shape_probs"),
+        ("scheduler.kind=step", "scheduler.kind"),
+    ],
+)
+def test_config_value_mistakes_stop_with_a_message_naming_the_key(override, key, train_cfg):
+    from src.train import train
+
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        train(train_cfg(override, "debug=fast_dev_run"))

@@ -139,7 +139,7 @@ class SegDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if len(class_names) != num_classes:
-            raise ValueError(
+            raise DataError(
                 f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}: "
                 "give one name per class."
             )

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from src.data.base import DataError
 from src.data.scan import COLOUR_MODES, INDEX_MODES, FilesDataModule, PairDataset, Pairs, list_files, pair_up, read_list
 
 LAYOUT = """  <root>/
@@ -97,16 +98,16 @@ class FolderDataModule(FilesDataModule):
     ):
         super().__init__(**kwargs)
         if mask_mode not in ("index", "rgb"):
-            raise ValueError(f"data.mask_mode={mask_mode!r}: use index or rgb.")
+            raise DataError(f"data.mask_mode={mask_mode!r}: use index or rgb.")
         if mask_mode == "rgb" and (self.palette is None or len(self.palette) != self.num_classes):
-            raise ValueError(
+            raise DataError(
                 f"data.mask_mode=rgb needs data.palette with one [r, g, b] per class "
                 f"({self.num_classes}); got {None if self.palette is None else len(self.palette)}."
             )
         if values is not None and len(values) != self.num_classes:
-            raise ValueError(f"data.values needs one stored value per class ({self.num_classes}); got {len(values)}.")
+            raise DataError(f"data.values needs one stored value per class ({self.num_classes}); got {len(values)}.")
         if self.num_classes > 255 or self.ignore_index > 255:
-            raise ValueError("data.num_classes and data.ignore_index must be at most 255 (8-bit label maps).")
+            raise DataError("data.num_classes and data.ignore_index must be at most 255 (8-bit label maps).")
         self.mask_mode, self.values, self.ignore_colors = mask_mode, values, [list(c) for c in ignore_colors]
         self.mask_suffix, self.val_fraction = mask_suffix, val_fraction
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from src.data.base import SegDataModule, SegDataset
+from src.data.base import DataError, SegDataModule, SegDataset
 
 CLASS_NAMES = ("background", "disk", "square", "triangle", "ring", "cross")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
@@ -162,12 +162,12 @@ class SyntheticDataModule(SegDataModule):
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.image_size, self.max_shapes, self.data_seed = image_size, max_shapes, data_seed
         if shape_probs is not None and len(shape_probs) != len(CLASS_NAMES) - 1:
-            raise ValueError(
+            raise DataError(
                 f"data.shape_probs needs {len(CLASS_NAMES) - 1} values (one per shape class "
                 f"{', '.join(CLASS_NAMES[1:])}); got {len(shape_probs)}."
             )
         if len(shape_radius) != 2 or not 0 < shape_radius[0] <= shape_radius[1]:
-            raise ValueError(f"data.shape_radius needs [min, max] fractions of the image side; got {shape_radius}.")
+            raise DataError(f"data.shape_radius needs [min, max] fractions of the image side; got {shape_radius}.")
         self.shape_probs, self.shape_radius = shape_probs, tuple(shape_radius)
 
     def make_dataset(self, split, transform):

@@ -8,6 +8,7 @@ augmented set (`SegmentationClassAug/` and `ImageSets/Segmentation/aug.txt`, as 
 
 from __future__ import annotations
 
+from src.data.base import DataError
 from src.data.scan import FilesDataModule, PairDataset, Pairs, allowed_table, pairs_from_list, read_list
 
 LAYOUT = """  VOCdevkit/VOC2012/
@@ -39,7 +40,7 @@ class VOCDataModule(FilesDataModule):
     def __init__(self, aug: bool | str = "auto", **kwargs):
         super().__init__(**kwargs)
         if aug not in (True, False, "auto"):
-            raise ValueError(f"data.aug={aug!r}: use true, false or auto.")
+            raise DataError(f"data.aug={aug!r}: use true, false or auto.")
         self.aug = aug
 
     def use_aug(self) -> bool:

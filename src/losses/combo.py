@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from src.losses.base import SegLoss
+from src.utils.checks import UserError
 
 
 class WeightedSum(nn.Module):
@@ -26,7 +27,7 @@ class WeightedSum(nn.Module):
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.terms))
         if unknown:
-            raise ValueError(f"loss.weights names {unknown}, which are not among loss.terms {list(self.terms)}.")
+            raise UserError(f"loss.weights names {unknown}, which are not among loss.terms {list(self.terms)}.")
         self.weights = {name: float(weights.get(name, 1.0)) for name in self.terms}
 
     def forward(self, logits, target, **extras) -> dict:

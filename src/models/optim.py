@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from src.utils.checks import UserError
+
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 BACKBONE_NAMES = ("encoder", "backbone")
 
@@ -116,7 +118,7 @@ def lr_factor(
     elif kind == "constant":
         main = 1.0
     else:
-        raise ValueError(f"scheduler.kind={kind!r} is not known: use one of poly, cosine, constant.")
+        raise UserError(f"scheduler.kind={kind!r} is not known: use one of poly, cosine, constant.")
     main = min_lr_ratio + (1 - min_lr_ratio) * main
     if step < warmup_iters:  # linear warm-up from warmup_ratio * lr towards the scheduled value
         main *= warmup_ratio + (1 - warmup_ratio) * step / warmup_iters

@@ -6,7 +6,7 @@ import hydra
 from hydra.errors import InstantiationException
 from lightning import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from src.models.module import SegmentationModule
@@ -69,11 +69,9 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
 
 
 def finish_loggers(trainer) -> None:
-    """Close the W&B run (and flush the others) when a task ends, so that the next run of a sweep, or of the same
-    Python session, starts its own W&B run instead of logging into this one (WandbLogger reuses an open run)."""
-    for logger in trainer.loggers:
-        logger.finalize("success")
-    if any(type(logger).__name__ == "WandbLogger" for logger in trainer.loggers):
+    """Close the W&B run when a task ends (Lightning finalizes its loggers but leaves the W&B run open), so that the
+    next run of a sweep, or of the same Python session, starts its own W&B run instead of logging into this one."""
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
         import wandb
 
         wandb.finish()

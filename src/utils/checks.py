@@ -10,8 +10,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-class UserError(Exception):
-    """A mistake in the command or config; the message names the key or file and the fix."""
+class UserError(ValueError):
+    """A mistake in the command or config (a wrong value); the message names the key or file and the fix.
+
+    The entry points print it as one line and exit with status 2 (`exit_on_user_error`)."""
 
 
 def check_ckpt(ckpt_path: str | None, key: str = "ckpt_path") -> Path | None:

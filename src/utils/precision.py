@@ -8,6 +8,7 @@ Lightning's precision names; any explicit name (e.g. `trainer.precision=32-true`
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
