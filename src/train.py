@@ -35,8 +35,9 @@ def train(cfg: DictConfig) -> dict:
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        best = best or None  # fast_dev_run and debug runs save no checkpoint: evaluate the weights in memory
+        # the best checkpoint of the monitored callback (not last.ckpt's); none in fast_dev_run or without a
+        # monitored metric: evaluate the weights in memory
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "") or None
         results = {}
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results["val"] = module.results["val"]
