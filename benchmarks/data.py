@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.utils.build import build_datamodule  # noqa: E402
+from src.run import build_datamodule  # noqa: E402
 from src.utils.compose import compose_config  # noqa: E402
 
 

@@ -9,7 +9,7 @@ The rare class is `cross`: `data.shape_probs` draws it with weight `--rare-prob`
 (0.25 makes it about 1% of the pixels; the script measures and prints the share). Each loss trains the same
 network with the same seed, data, schedule and number of steps, through `python -m src.train` (one run at a
 time), and is scored on the test split with its final weights: the rare class's IoU and the mIoU. Weighted `ce`
-takes class weights from the training split by both methods of `python -m src.data.check` (median frequency,
+takes class weights from the training split by both methods of `python -m src.check` (median frequency,
 inverse log frequency), written to class-weight files as that command writes them. Results: a markdown table on
 stdout and `<out>/results.json`.
 """
@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.data.check import class_weights  # noqa: E402
+from src.data.stats import class_weights  # noqa: E402
 from src.data.synthetic import CLASS_NAMES, render  # noqa: E402
 
 RARE = "cross"
@@ -85,7 +85,7 @@ def main() -> None:
     share = counts / counts.sum()
     print("training pixels per class: " + ", ".join(f"{n} {100 * s:.2f}%" for n, s in zip(CLASS_NAMES, share)))
     files, weights = {}, {}
-    for method in ("median_frequency", "inverse_log"):  # the two methods of `python -m src.data.check`
+    for method in ("median_frequency", "inverse_log"):  # the two methods of `python -m src.check`
         weights[method] = class_weights(counts, present, method).tolist()
         files[method] = args.out / f"class_weights_synthetic_{method}.json"
         files[method].write_text(

@@ -10,26 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from src.utils.build import build_datamodule, build_module, build_trainer, finish_loggers
-from src.utils.checks import UserError, check_ckpt, exit_on_user_error
+from src.errors import UserError, exit_on_user_error
+from src.run import build_datamodule, build_module, build_trainer, check_ckpt, finish_loggers, stored_run_config
 from src.utils.report import print_scores, write_metrics
 
 SPLITS = ("val", "test")
-
-
-def run_config(ckpt_path: Path) -> DictConfig:
-    """The resolved training config stored in a checkpoint of this template."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if "run_config" not in ckpt:
-        raise UserError(
-            f"{ckpt_path} holds no run config: it was not written by src.train of this template. "
-            "Evaluate it through a training config instead: python -m src.train ... "
-            f"model.pretrained={ckpt_path} trainer.max_epochs=0."
-        )
-    return OmegaConf.create(ckpt["run_config"])
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -37,7 +24,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in SPLITS:
         raise UserError(f"split={cfg.split}: use one of {', '.join(SPLITS)}.")
     ckpt_path = check_ckpt(cfg.ckpt_path)
-    stored = run_config(ckpt_path)
+    stored = stored_run_config(ckpt_path)
     with open_dict(stored):
         if cfg.get("data") is not None:  # data=NAME given on the command line: evaluate on that data
             stored.data = cfg.data
@@ -48,7 +35,6 @@ def evaluate(cfg: DictConfig) -> dict:
         if "pretrained" in stored.model:  # the checkpoint's weights replace any initial weights
             stored.model.pretrained = None
     datamodule = build_datamodule(stored)
-    datamodule.validate()
     module = build_module(stored, datamodule)
     trainer = build_trainer(stored)
     run = trainer.test if cfg.split == "test" else trainer.validate

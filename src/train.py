@@ -13,10 +13,10 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from src.utils.build import build_datamodule, build_module, build_trainer, finish_loggers
-from src.utils.checks import check_ckpt, check_fresh_output, exit_on_user_error
+from src.data.base import EpochSeed
+from src.errors import exit_on_user_error
+from src.run import build_datamodule, build_module, build_trainer, check_ckpt, check_fresh_output, finish_loggers
 from src.utils.report import print_config, print_scores, write_metrics
-from src.utils.seeding import EpochSeed
 
 
 def train(cfg: DictConfig) -> dict:
@@ -29,7 +29,6 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
-    datamodule.validate()
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, extra_callbacks=[EpochSeed(cfg.seed)])
 

@@ -17,8 +17,8 @@ import lightning as L
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils.build import build_datamodule, build_module, build_trainer
-from src.utils.checks import UserError, exit_on_user_error
+from src.errors import UserError, exit_on_user_error
+from src.run import build_datamodule, build_module, build_trainer
 
 MODES = ("lr_find", "batch_size")
 
@@ -31,7 +31,6 @@ def tune(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    datamodule.validate()
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
     tuner = Tuner(trainer)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from src.utils.build import instantiate
-from src.utils.checks import UserError
+from src.errors import UserError
+from src.run import instantiate
 from tests.conftest import CONFIG_DIR, ROOT, compose_config
 
 GROUPS = ["data", "model", "loss", "optimizer", "scheduler", "callbacks", "logger", "trainer", "debug"]

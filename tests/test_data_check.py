@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from src.data.base import DataError
-from src.data.check import check
+from src.check import check
+from src.errors import DataError
 from src.train import train
 from tests.conftest import ROOT, compose_config
 from tests.fake_data import noise_image, save, write_ade20k, write_camvid, write_cityscapes, write_folder, write_voc
@@ -172,7 +172,7 @@ def test_validate_samples_masks_and_the_check_scans_all(tmp_path, capsys):
     save(bad, raw)
     datamodule(tmp_path, "camvid", fake.root, "data.validate_masks=2").validate()
     message = refused(tmp_path, "camvid", fake.root, "data.validate_masks=4")
-    assert "0001TP_006720.png" in message and "python -m src.data.check data=camvid" in message
+    assert "0001TP_006720.png" in message and "python -m src.check data=camvid" in message
     cfg = compose_config("check", ["data=camvid", f"data.data_dir={fake.root}", "workers=0"], tmp_path / "check")
     assert check(cfg) == 1
     assert f"[train] {bad}: label values [99]" in capsys.readouterr().err
@@ -201,7 +201,7 @@ def test_check_cli_writes_median_frequency_weights(tmp_path):
         [
             sys.executable,
             "-m",
-            "src.data.check",
+            "src.check",
             *FOLDER_4,
             f"data.data_dir={root}",
             "weights=median_frequency",
@@ -237,7 +237,7 @@ def test_check_inverse_log_weights(tmp_path):
 def test_check_cli_exit_status_names_bad_files(tmp_path):
     root = weights_data(tmp_path)
     save(root / "masks" / "train" / "B.png", np.full((10, 12), 1, np.uint8))
-    args = [sys.executable, "-m", "src.data.check", *FOLDER_4, f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [sys.executable, "-m", "src.check", *FOLDER_4, f"hydra.run.dir={tmp_path / 'run'}"]
     run = subprocess.run(args + [f"data.data_dir={root}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and f"{root}/masks/train/B.png: size 12x10 differs" in run.stderr
     run = subprocess.run(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.check import check
+from src.check import check
 from src.data.transforms import CatMaxRatioCrop
 from src.train import train
 from tests.conftest import compose_config

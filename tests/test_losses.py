@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import FAST, ROOT, compose_config
 
+from src.errors import UserError
 from src.losses import (
     CrossEntropy,
     Dice,
@@ -25,8 +26,7 @@ from src.losses import (
     WeightedSum,
     unet_weight_map,
 )
-from src.utils.build import instantiate
-from src.utils.checks import UserError
+from src.run import instantiate
 
 IGNORE = 255
 C = 4  # class 3 never occurs in the targets below
@@ -345,7 +345,7 @@ def test_wrong_length_class_weights_name_numbers_and_source(tmp_path):
     path = weight_file(tmp_path / "cw.json", [1.0] * 5, dataset="camvid")
     with pytest.raises(UserError, match=rf"{path}.*'camvid'.*has 5 weights but data.num_classes is 6"):
         Focal(class_weights=str(path), num_classes=6)
-    with pytest.raises(UserError, match="no such file.*src.data.check"):
+    with pytest.raises(UserError, match="no such file.*src.check"):
         Dice(class_weights=str(tmp_path / "missing.json"), num_classes=6)
     with pytest.raises(UserError, match="negative"):
         CrossEntropy(class_weights=[1, -1], num_classes=2)

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT, compose_config
 
+from src.errors import UserError
 from src.models.net import smp_net
-from src.utils.build import instantiate
-from src.utils.checks import UserError
+from src.run import instantiate
 
 MODEL_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
 NUM_CLASSES = 6  # data=synthetic

@@ -13,11 +13,11 @@ from conftest import compose_config
 from safetensors.torch import save_file
 from torch import nn
 
+from src.errors import UserError
 from src.models.module import SegmentationModule
 from src.models.net import smp_net, unet_classic
 from src.models.pretrained import load_pretrained
-from src.utils.build import instantiate
-from src.utils.checks import UserError
+from src.run import instantiate
 
 TINY = ["model=unet_classic", "model.base_channels=4", "model.depth=2"]
 

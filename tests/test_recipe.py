@@ -11,10 +11,10 @@ import torch
 from conftest import FAST, compose_config
 from torch import nn
 
+from src.errors import UserError
 from src.models.net import smp_net
 from src.models.optim import backbone_layer_ids, param_groups
-from src.utils.build import build_datamodule, build_module, build_trainer
-from src.utils.checks import UserError
+from src.run import build_datamodule, build_module, build_trainer
 
 SHORT = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "scheduler=constant"]
 

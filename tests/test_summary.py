@@ -1,4 +1,4 @@
-"""python -m src.models.summary: parameters, FLOPs and output shape of any configs/model entry."""
+"""python -m src.summary: parameters, FLOPs and output shape of any configs/model entry."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ FCN_TINY = ["model.channels=[8,16,16,32,32]", "model.convs=[1,1,2,2,2]", "model.
 
 def run_summary(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "src.models.summary", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "src.summary", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
 
 

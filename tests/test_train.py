@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
+from src.errors import UserError
 from src.eval import evaluate
 from src.train import train
-from src.utils.checks import UserError
 from tests.conftest import ROOT, compose_config
 
 
@@ -117,7 +117,7 @@ def test_short_training_beats_majority_baseline(train_cfg):
 
 def compute_majority_baseline(train_cfg) -> float:
     from src.metrics import SegMetrics
-    from src.utils.build import build_datamodule
+    from src.run import build_datamodule
 
     cfg = train_cfg("data.val_size=100", run="baseline")
     dm = build_datamodule(cfg)

@@ -18,8 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-from src.data.base import DataError
 from src.data.scan import COLOUR_MODES, INDEX_MODES, FilesDataModule, PairDataset, Pairs, list_files, pair_up, read_list
+from src.errors import DataError
 
 LAYOUT = """  <root>/
     images/<name>.jpg|png|tif ...    masks/<name><mask_suffix>.png ...   (matching names)

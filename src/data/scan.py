@@ -3,7 +3,7 @@
 `PairDataset` and `FilesDataModule` are what every on-disk dataset here shares (ade20k, cityscapes, voc, camvid,
 folder); each of those files adds its layout (which files pair with which) and its label convention
 (`PairDataset.to_labels` and the raw values it accepts). `scan_split` does the checks both `validate()` (before
-training: every header, a sample of masks) and `python -m src.data.check` (every mask, plus statistics) run.
+training: every header, a sample of masks) and `python -m src.check` (every mask, plus statistics) run.
 
 File lists are NumPy string arrays, not Python lists of objects: forked DataLoader workers then share them
 without copy-on-access growth of their memory over epochs.
@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from src.data.base import DataError, SegDataModule, SegDataset
+from src.data.base import SegDataModule, SegDataset
+from src.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 INDEX_MODES = ("L", "P", "I", "I;16", "1")  # PIL modes of one-channel (index) images
@@ -292,7 +293,7 @@ class FilesDataModule(SegDataModule):
         crop_size, scale: the training crop (h, w) and the reference rescale (long, short) edges; not used here,
             the config's pipelines refer to them (`${data.crop_size}`) so that one override changes them all.
         validate_masks: masks decoded per split by `validate()` before training (all headers are read);
-            `python -m src.data.check` decodes every mask.
+            `python -m src.check` decodes every mask.
     """
 
     dataset_class: type[PairDataset] = PairDataset
@@ -363,7 +364,7 @@ class FilesDataModule(SegDataModule):
         scope = " (masks sampled; the full scan decodes every mask)" if sampled else ""
         return (
             f"{self.name}, {split} split: {len(problems)} problem(s) in {self.data_dir}{scope}:\n{lines}{more}\n"
-            "Fix or remove these files. `python -m src.data.check data="
+            "Fix or remove these files. `python -m src.check data="
             f"{self.config_name} data.data_dir={self.data_dir}` lists every problem of the whole dataset."
         )
 

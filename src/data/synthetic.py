@@ -14,7 +14,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from src.data.base import DataError, SegDataModule, SegDataset
+from src.data.base import SegDataModule, SegDataset
+from src.errors import DataError
 
 CLASS_NAMES = ("background", "disk", "square", "triangle", "ring", "cross")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))

@@ -8,8 +8,8 @@ augmented set (`SegmentationClassAug/` and `ImageSets/Segmentation/aug.txt`, as 
 
 from __future__ import annotations
 
-from src.data.base import DataError
 from src.data.scan import FilesDataModule, PairDataset, Pairs, allowed_table, pairs_from_list, read_list
+from src.errors import DataError
 
 LAYOUT = """  VOCdevkit/VOC2012/
     JPEGImages/2007_000032.jpg ...

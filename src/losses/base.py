@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.utils.checks import UserError
+from src.errors import UserError
 
 ClassWeights = Sequence[float] | str | Path | None
 
@@ -52,7 +52,7 @@ class SegLoss(nn.Module):
 
 
 def load_class_weights(class_weights: ClassWeights, num_classes: int | None) -> torch.Tensor | None:
-    """One weight per class, from a list or from the JSON file `python -m src.data.check` writes.
+    """One weight per class, from a list or from the JSON file `python -m src.check` writes.
 
     The file holds `{"dataset", "method", "class_names", "weights", "pixel_counts"}`. A vector whose length is not
     `num_classes` (data.num_classes), a missing file or a negative weight raise `UserError` naming the source.
@@ -65,7 +65,7 @@ def load_class_weights(class_weights: ClassWeights, num_classes: int | None) -> 
         if not path.is_file():
             raise UserError(
                 f"loss.class_weights={class_weights}: no such file. Write it with "
-                "`python -m src.data.check` (it saves the class weights of the training split), "
+                "`python -m src.check` (it saves the class weights of the training split), "
                 "or give a list of weights, one per class."
             )
         try:
@@ -74,11 +74,11 @@ def load_class_weights(class_weights: ClassWeights, num_classes: int | None) -> 
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(
                 f"{path} is not a class-weight file (a JSON object with a 'weights' list, as "
-                f"`python -m src.data.check` writes): {err!r}"
+                f"`python -m src.check` writes): {err!r}"
             ) from None
         source = f"the class-weight file {path} (dataset {data.get('dataset')!r}, method {data.get('method')!r})"
         fix = (
-            "write the file again with `python -m src.data.check` for this dataset, or point "
+            "write the file again with `python -m src.check` for this dataset, or point "
             "loss.class_weights to the file of this dataset"
         )
     else:

@@ -16,7 +16,7 @@ from src.losses.base import ClassWeights, SegLoss, load_class_weights
 
 
 class CrossEntropy(SegLoss):
-    """`loss=ce`. Args: class_weights (list, or the path of a `src.data.check` JSON file), num_classes (to check
+    """`loss=ce`. Args: class_weights (list, or the path of a `src.check` JSON file), num_classes (to check
     the weights against), label_smoothing (torch's), ignore_index."""
 
     name = "ce"

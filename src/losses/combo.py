@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from src.errors import UserError
 from src.losses.base import SegLoss
-from src.utils.checks import UserError
 
 
 class WeightedSum(nn.Module):

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from src.errors import UserError
 from src.models.pretrained import check_pretrained_path, hub_download, load_pretrained
-from src.utils.checks import UserError
 
 ENCODER_LIST_HELP = (
     'List them with: python -c "import segmentation_models_pytorch as smp; print(smp.encoders.get_encoder_names())"'

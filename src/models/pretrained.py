@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.utils.checks import UserError
+from src.errors import UserError, existing_file
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +67,14 @@ def _short(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def check_pretrained_path(path: str | None) -> Path | None:
+def check_pretrained_path(path: str | Path | None) -> Path | None:
     """Fails before any network is built when model.pretrained names no file."""
-    if path is None:
-        return None
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(
-            f"model.pretrained={path}: no such file. Give a state dict (.pt/.pth), a .safetensors file "
-            "or a checkpoint of this template (<run dir>/checkpoints/*.ckpt)."
-        )
-    return file
+    return existing_file(
+        path,
+        "model.pretrained",
+        "Give a state dict (.pt/.pth), a .safetensors file or a checkpoint of this template "
+        "(<run dir>/checkpoints/*.ckpt).",
+    )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Parameters, FLOPs and output shape of a network: `python -m src.models.summary model=NAME [input_size=[H,W]]`.
+"""Parameters, FLOPs and output shape of a network (the CLI is `python -m src.summary model=NAME`).
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on one forward pass in eval mode: matrix products
 and convolutions (incl. attention), a multiply-add counting as 2 FLOPs (papers often quote MACs, half of it);
@@ -7,18 +7,11 @@ element-wise operations, pooling and interpolation are not counted.
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from src.models.optim import BACKBONE_NAMES
-from src.utils.checks import UserError
 
 
 def summarize(net: nn.Module, input_size: tuple[int, int], batch_size: int = 1, in_channels: int = 3) -> dict:
@@ -50,24 +43,3 @@ def format_summary(name: str, s: dict, input_shape: tuple[int, ...]) -> str:
             f"output shape: {s['output_shape']}",
         ]
     )
-
-
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="summary.yaml")
-def main(cfg: DictConfig) -> None:
-    try:
-        net = hydra.utils.instantiate(cfg.model)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            print(f"error: {err.__cause__}", file=sys.stderr)
-            sys.exit(2)
-        raise
-    h, w = cfg.input_size
-    in_channels = cfg.model.get("in_channels", 3)
-    s = summarize(net, (h, w), cfg.batch_size, in_channels)
-    name = HydraConfig.get().runtime.choices.get("model", "?")
-    encoder = cfg.model.get("encoder")
-    print(format_summary(name + (f" (encoder {encoder})" if encoder else ""), s, (cfg.batch_size, in_channels, h, w)))
-
-
-if __name__ == "__main__":
-    main()

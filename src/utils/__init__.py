@@ -1,3 +1,3 @@
-"""Reusable pieces of the entry points: building from config, reports, checks, seeding."""
+"""Helpers below the composition layer: composing configs from Python, reports (tables, metrics.json), precision."""
 
 from src.utils import precision  # noqa: F401  (registers the ${precision:...} config resolver)

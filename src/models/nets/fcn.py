@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from src.errors import UserError
 from src.models.nets.vgg import (
     VGG16_CHANNELS,
     VGG16_CONVS,
@@ -31,7 +32,6 @@ from src.models.nets.vgg import (
     imagenet_vgg16,
     vgg_stages,
 )
-from src.utils.checks import UserError
 
 Variant = Literal["32s", "16s", "8s"]
 

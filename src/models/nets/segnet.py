@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from src.errors import UserError
 from src.models.nets.vgg import (
     VGG16_CHANNELS,
     VGG16_CONVS,
@@ -22,7 +23,6 @@ from src.models.nets.vgg import (
     imagenet_vgg16,
     vgg_stages,
 )
-from src.utils.checks import UserError
 
 
 def decoder_stage(cin: int, cout: int, convs: int) -> nn.Sequential:

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from src.utils.checks import UserError
+from src.errors import UserError
 
 Upsampling = Literal["transposed", "bilinear", "nearest", "pixel_shuffle"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from src.errors import UserError
 from src.models.pretrained import check_reachable
-from src.utils.checks import UserError
 
 VGG16_CHANNELS = (64, 128, 256, 512, 512)
 VGG16_CONVS = (2, 2, 3, 3, 3)

@@ -1,4 +1,4 @@
-"""Scan a dataset before training: `python -m src.data.check data=<name> [data.data_dir=...] [weights=...]`.
+"""Scan a dataset before training: `python -m src.check data=<name> [data.data_dir=...] [weights=...]`.
 
 Prints, per split, the number of image/mask pairs, the image sizes, the label values stored in the masks and the
 share of ignored pixels, then the pixel frequency of every class in the training split. Every problem is listed
@@ -16,77 +16,15 @@ from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig
 
-from src.data.base import DataError
-from src.data.scan import FilesDataModule, PairDataset, ScanResult, scan_split, value_ranges
-from src.utils.checks import UserError
-
-METHODS = ("median_frequency", "inverse_log")
-
-
-def class_weights(pixel_counts: np.ndarray, present_pixels: np.ndarray, method: str) -> np.ndarray:
-    """Weights per class from training-split counts; 0 for a class with no pixels."""
-    counts, seen = pixel_counts.astype(np.float64), pixel_counts > 0
-    weights = np.zeros(len(counts))
-    if not seen.any():
-        return weights
-    if method == "median_frequency":
-        freq = counts[seen] / present_pixels[seen]
-        weights[seen] = np.median(freq) / freq
-    elif method == "inverse_log":
-        weights[seen] = 1.0 / np.log(1.02 + counts[seen] / counts.sum())
-    else:
-        raise UserError(f"weights={method}: use one of {', '.join(METHODS)} (or leave it out).")
-    return weights
-
-
-def merge(results: list[ScanResult]) -> ScanResult:
-    out = ScanResult(pixel_counts=0, present_pixels=0)
-    for r in results:
-        out.count += r.count
-        out.problems += r.problems
-        out.sizes.update(r.sizes)
-        out.raw_values |= r.raw_values
-        out.masks_decoded += r.masks_decoded
-        out.pixel_counts = out.pixel_counts + r.pixel_counts
-        out.present_pixels = out.present_pixels + r.present_pixels
-        out.ignored_pixels += r.ignored_pixels
-    return out
-
-
-def _scan_part(args) -> ScanResult:
-    data, num_classes, ignore_index = args
-    return scan_split(data, num_classes, ignore_index)
-
-
-def scan_all(data: PairDataset, num_classes: int, ignore_index: int, workers: int) -> ScanResult:
-    """Every header and every mask of `data`, in `workers` processes (0: this one)."""
-    if workers <= 1 or len(data) < 2 * workers:
-        return scan_split(data, num_classes, ignore_index)
-    parts = [(data.subset(idx), num_classes, ignore_index) for idx in np.array_split(np.arange(len(data)), workers * 4)]
-    with ProcessPoolExecutor(workers) as pool:
-        return merge(list(pool.map(_scan_part, parts)))
-
-
-def describe_values(values: set) -> str:
-    if not values:
-        return "-"
-    if all(isinstance(v, int) for v in values):
-        table = np.zeros(max(values) + 1, bool)
-        table[list(values)] = True
-        return value_ranges(table)
-    return f"{len(values)} colours"
-
-
-def describe_sizes(sizes) -> str:
-    common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(3))
-    return common + (f", ... {len(sizes)} sizes in all" if len(sizes) > 3 else "")
+from src.data.scan import FilesDataModule, ScanResult
+from src.data.stats import METHODS, class_weights, describe_sizes, describe_values, scan_all
+from src.errors import UserError, exit_on_user_error
+from src.run import build_datamodule
 
 
 def check(cfg: DictConfig) -> int:
@@ -94,7 +32,7 @@ def check(cfg: DictConfig) -> int:
     method = cfg.get("weights")
     if method is not None and method not in METHODS:
         raise UserError(f"weights={method}: use one of {', '.join(METHODS)} (or leave it out).")
-    dm = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    dm = build_datamodule(cfg, validate=False)
     if not isinstance(dm, FilesDataModule):
         raise UserError(f"data={cfg.data._target_} is not read from files; the check scans on-disk datasets.")
     splits = list(cfg.get("splits") or dm.splits())
@@ -156,14 +94,9 @@ def check(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="check.yaml")
+@hydra.main(version_base="1.3", config_path="../configs", config_name="check.yaml")
 def main(cfg: DictConfig) -> None:
-    try:
-        status = check(cfg)
-    except (DataError, UserError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(status)
+    sys.exit(exit_on_user_error(check, cfg))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,14 @@
-"""Build the run's objects from a composed config (Hydra `_target_` entries)."""
+"""Building a run from a composed config: the one composition module every entry point uses.
+
+train, eval, tune, check, summary (and predict/export) all build their objects here, so that a dataset is validated
+before any long work, Hydra's instantiation errors are unwrapped into the user's one-line message, and a run never
+writes over an earlier one, in one place. This module wires the layers below it (data, models, losses, metrics,
+utils); none of them imports it.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import hydra
 from hydra.errors import InstantiationException
@@ -9,8 +17,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import UserError, existing_file
 from src.models.module import SegmentationModule
-from src.utils.checks import UserError
 
 
 def instantiate(cfg, **kwargs):
@@ -34,8 +42,12 @@ def instantiate_list(cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def build_datamodule(cfg: DictConfig):
-    return instantiate(cfg.data, _convert_="partial")
+def build_datamodule(cfg: DictConfig, validate: bool = True):
+    """The DataModule of `cfg.data`; with `validate`, its files are checked before anything else happens."""
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    if validate:
+        datamodule.validate()
+    return datamodule
 
 
 def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
@@ -75,3 +87,38 @@ def finish_loggers(trainer) -> None:
         import wandb
 
         wandb.finish()
+
+
+def check_ckpt(ckpt_path: str | Path | None, key: str = "ckpt_path") -> Path | None:
+    return existing_file(
+        ckpt_path,
+        key,
+        "Checkpoints of a run are in <run dir>/checkpoints/ (best: epoch*.ckpt, latest: last.ckpt).",
+        kind="checkpoint file",
+    )
+
+
+def check_fresh_output(output_dir: str | Path) -> None:
+    """Refuse to write a run into a folder that already holds another run's checkpoints or metrics."""
+    out = Path(output_dir)
+    taken = [p for p in (out / "checkpoints", out / "metrics.json") if p.exists() and (p.is_file() or any(p.iterdir()))]
+    if taken:
+        raise UserError(
+            f"{out} already holds results of an earlier run ({taken[0].name}); nothing is overwritten. "
+            "Choose another folder with hydra.run.dir=..., or resume that run with ckpt_path=.../last.ckpt "
+            "(a resumed run writes to a new folder)."
+        )
+
+
+def stored_run_config(ckpt_path: Path) -> DictConfig:
+    """The resolved training config stored in a checkpoint of this template."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if "run_config" not in ckpt:
+        raise UserError(
+            f"{ckpt_path} holds no run config: it was not written by src.train of this template. "
+            "Evaluate it through a training config instead: python -m src.train ... "
+            f"model.pretrained={ckpt_path} trainer.max_epochs=0."
+        )
+    return OmegaConf.create(ckpt["run_config"])
