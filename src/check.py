@@ -21,7 +21,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from src.data.scan import FilesDataModule, ScanResult
+from src.data.files import FilesDataModule
+from src.data.scan import ScanResult
 from src.data.stats import METHODS, class_weights, describe_sizes, describe_values, scan_all
 from src.errors import UserError, exit_on_user_error
 from src.run import build_datamodule

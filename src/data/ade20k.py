@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.data.scan import FilesDataModule, PairDataset, Pairs, allowed_table, list_files, pair_up
+from src.data.files import FilesDataModule, PairDataset, Pairs, allowed_table, list_files, pair_up
 
 SPLITS = {"train": "training", "val": "validation"}
 LAYOUT = """  ADEChallengeData2016/

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.data.scan import FilesDataModule, PairDataset, Pairs, allowed_table, list_files, pair_up
+from src.data.files import FilesDataModule, PairDataset, Pairs, allowed_table, list_files, pair_up
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 TRAIN_IDS, LABEL_IDS = "_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"

@@ -18,7 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-from src.data.scan import COLOUR_MODES, INDEX_MODES, FilesDataModule, PairDataset, Pairs, list_files, pair_up, read_list
+from src.data.files import FilesDataModule, PairDataset, Pairs, list_files, pair_up, read_list
+from src.data.scan import COLOUR_MODES, INDEX_MODES
 from src.errors import DataError
 
 LAYOUT = """  <root>/

@@ -12,7 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from src.data.scan import PairDataset, ScanResult, scan_split, value_ranges
+from src.data.files import PairDataset, value_ranges
+from src.data.scan import ScanResult, scan_split
 from src.errors import UserError
 
 METHODS = ("median_frequency", "inverse_log")

@@ -8,7 +8,7 @@ augmented set (`SegmentationClassAug/` and `ImageSets/Segmentation/aug.txt`, as 
 
 from __future__ import annotations
 
-from src.data.scan import FilesDataModule, PairDataset, Pairs, allowed_table, pairs_from_list, read_list
+from src.data.files import FilesDataModule, PairDataset, Pairs, allowed_table, pairs_from_list, read_list
 from src.errors import DataError
 
 LAYOUT = """  VOCdevkit/VOC2012/

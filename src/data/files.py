@@ -1,0 +1,276 @@
+"""What an on-disk dataset is made of: reading image and mask files, listing and pairing them, and the two base
+classes a dataset subclasses.
+
+`PairDataset` and `FilesDataModule` are what every on-disk dataset here shares (ade20k, cityscapes, voc, camvid,
+folder); each of those files adds its layout (which files pair with which, `FilesDataModule.pairs`) and its label
+convention (`PairDataset.to_labels` and the raw values it accepts). The checks of `validate()` live in `scan.py`.
+
+File lists are NumPy string arrays, not Python lists of objects: forked DataLoader workers then share them
+without copy-on-access growth of their memory over epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from src.data.base import SegDataModule, SegDataset
+from src.data.scan import INDEX_MODES, scan_split
+from src.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MAX_LISTED = 5  # problems named in a validate() message
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 (H,W,3); EXIF orientation ignored so the image stays aligned with its mask."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise DataError(f"{path}: cannot be read as an image (corrupt or not an image file).")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str) -> np.ndarray:
+    """The stored values: palette PNGs give their indices (not colours), RGB files give (H,W,3)."""
+    with Image.open(path) as im:
+        return np.array(im)
+
+
+# -- listing and pairing ------------------------------------------------------------------------------------
+def list_files(
+    folder: Path,
+    suffixes: Sequence[str] = IMAGE_SUFFIXES,
+    recursive: bool = False,
+    key: Callable[[Path], str | None] | None = None,
+) -> dict[str, str]:
+    """key -> path of the files in `folder` with one of `suffixes` (key: the stem, or `key(path)`; None skips)."""
+    found: dict[str, str] = {}
+    paths = folder.rglob("*") if recursive else (Path(e.path) for e in os.scandir(folder) if e.is_file())
+    for path in paths:
+        if path.suffix.lower() not in suffixes:
+            continue
+        k = key(path) if key else path.stem
+        if k is not None:
+            found[k] = str(path)
+    return found
+
+
+@dataclass
+class Pairs:
+    """Images and masks of one split, in matching order, and what did not pair up."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    problems: list[str] = field(default_factory=list)
+
+
+def pair_up(
+    images: dict[str, str],
+    masks: dict[str, str],
+    expected_mask: Callable[[str], str],
+    expected_image: Callable[[str], str],
+) -> Pairs:
+    """Pairs by key; every image without a mask and every mask without an image is a problem naming it."""
+    keys = sorted(images.keys() & masks.keys())
+    problems = [f"{images[k]}: no mask (expected {expected_mask(k)})" for k in sorted(images.keys() - masks.keys())]
+    problems += [f"{masks[k]}: no image (expected {expected_image(k)})" for k in sorted(masks.keys() - images.keys())]
+    return Pairs(
+        np.array([images[k] for k in keys], dtype=str), np.array([masks[k] for k in keys], dtype=str), problems
+    )
+
+
+def pairs_from_list(
+    ids: Sequence[str], image_path: Callable[[str], str], mask_path: Callable[[str], str], list_file: str
+) -> Pairs:
+    """Pairs for the ids of a split list file; an id whose image or mask is missing is a problem."""
+    images, masks, problems = [], [], []
+    for i in ids:
+        image, mask = image_path(i), mask_path(i)
+        missing = [p for p in (image, mask) if not os.path.isfile(p)]
+        if missing:
+            problems += [f"{p}: missing (listed as {i!r} in {list_file})" for p in missing]
+        else:
+            images.append(image)
+            masks.append(mask)
+    return Pairs(np.array(images, dtype=str), np.array(masks, dtype=str), problems)
+
+
+def read_list(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def value_ranges(allowed: np.ndarray) -> str:
+    """'0..150' or '0..18, 255' from a boolean table of allowed values."""
+    values, parts = np.flatnonzero(allowed), []
+    start = prev = None
+    for v in list(values) + [None]:
+        if start is not None and (v is None or v != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}..{prev}")
+            start = None
+        if v is not None and start is None:
+            start = v
+        prev = v
+    return ", ".join(parts)
+
+
+def allowed_table(*ranges: range | Sequence[int], size: int = 256) -> np.ndarray:
+    table = np.zeros(size, bool)
+    for r in ranges:
+        table[list(r)] = True
+    return table
+
+
+# -- the dataset -------------------------------------------------------------------------------------------
+class PairDataset(SegDataset):
+    """Image/mask file pairs. A dataset states its label convention by overriding `to_labels` and `allowed`.
+
+    `mask_modes`: the PIL modes its mask files may have (index masks by default; an RGB file there is an error).
+    """
+
+    mask_modes: tuple[str, ...] = INDEX_MODES
+    allowed = allowed_table(range(256))  # raw mask values accepted (index = value)
+
+    def __init__(
+        self, images: np.ndarray, masks: np.ndarray, transform: Callable | None = None, ignore_index: int = 255
+    ):
+        super().__init__(transform)
+        self.images, self.masks = np.asarray(images, dtype=str), np.asarray(masks, dtype=str)
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        path = str(self.masks[index])
+        return read_image(str(self.images[index])), self.to_labels(read_mask(path), path)
+
+    def raw_mask(self, index: int) -> np.ndarray:
+        """The values stored in mask file `index` (before `to_labels`)."""
+        return read_mask(str(self.masks[index]))
+
+    def subset(self, index: np.ndarray) -> PairDataset:
+        """The same dataset restricted to the pairs at `index`."""
+        part = copy.copy(self)
+        part.images, part.masks = self.images[index], self.masks[index]
+        return part
+
+    def to_labels(self, raw: np.ndarray, path: str) -> np.ndarray:
+        """Stored values -> training labels 0..C-1 / ignore index (uint8)."""
+        return raw.astype(np.uint8)
+
+    def allowed_values(self, path: str) -> np.ndarray:
+        """Boolean table of the raw values a mask file may hold (e.g. 0..150 for ADE20K)."""
+        return self.allowed
+
+    def bad_values(self, raw: np.ndarray, path: str) -> str | None:
+        """A description of the values of `raw` outside the convention, or None."""
+        table = self.allowed_values(path)
+        values = np.unique(raw)
+        bad = [int(v) for v in values if v < 0 or v >= len(table) or not table[v]]
+        if not bad:
+            return None
+        return f"label values {bad[:10]} outside the allowed {value_ranges(table)}"
+
+
+class FilesDataModule(SegDataModule):
+    """A DataModule over image/mask files below `data_dir`.
+
+    A subclass sets `dataset_class`, `layout` (the expected folder tree, shown when something is missing) and
+    `source` (where the dataset is officially obtained), and implements `pairs(split)`.
+
+    Args:
+        data_dir: the dataset's root folder.
+        crop_size, scale: the training crop (h, w) and the reference rescale (long, short) edges; not used here,
+            the config's pipelines refer to them (`${data.crop_size}`) so that one override changes them all.
+        validate_masks: masks decoded per split by `validate()` before training (all headers are read);
+            `python -m src.check` decodes every mask.
+    """
+
+    dataset_class: type[PairDataset] = PairDataset
+    layout = ""
+    source = ""
+    name = "this dataset"
+    config_name = "<name>"  # the data config (configs/data/<config_name>.yaml)
+
+    def __init__(
+        self,
+        data_dir: str,
+        crop_size: Sequence[int] | None = None,
+        scale: Sequence[int] | None = None,
+        validate_masks: int = 64,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.data_dir = Path(data_dir).expanduser()
+        self.crop_size, self.scale, self.validate_masks = crop_size, scale, validate_masks
+
+    # -- what a subclass implements ------------------------------------------------------------------------
+    def pairs(self, split: str) -> Pairs:
+        raise NotImplementedError
+
+    def splits(self) -> list[str]:
+        """The labelled splits (validated before training, scanned by the check)."""
+        return ["train", "val"] + (["test"] if self.has_test else [])
+
+    # -- shared ---------------------------------------------------------------------------------------------
+    def require(self, *folders: str, files: Sequence[str] = ()) -> Path:
+        """The root, after checking that it and the given sub-folders and files exist; else a message that shows
+        the expected layout and where the dataset is obtained."""
+        root = self.data_dir
+        missing = [root / r for r in ("",) + folders if not (root / r).is_dir()]
+        missing += [root / f for f in files if not (root / f).is_file()]
+        if missing:
+            if missing[0] == root:
+                what = "does not exist"
+            else:
+                relative = missing[0].relative_to(root)
+                what = f"has no {'folder ' if str(relative) in folders else 'file '}{relative}"
+            raise DataError(
+                f"data.data_dir={root} {what}. {self.name} is expected in this layout:\n{self.layout}\n"
+                f"Obtain it from {self.source}, then set data.data_dir=<the folder shown as the root above>."
+            )
+        return root
+
+    def make_dataset(self, split: str, transform: Callable | None) -> PairDataset:
+        pairs = self.pairs(split)
+        if pairs.problems:
+            raise DataError(self.problem_message(split, pairs.problems))
+        if len(pairs.images) == 0:
+            raise DataError(
+                f"{self.name}: the {split} split below {self.data_dir} has no image/mask pairs; "
+                f"expected layout:\n{self.layout}"
+            )
+        return self.dataset_class(
+            pairs.images, pairs.masks, transform, ignore_index=self.ignore_index, **self.dataset_kwargs()
+        )
+
+    def dataset_kwargs(self) -> dict:
+        """Further arguments of `dataset_class` (e.g. a palette)."""
+        return {}
+
+    def problem_message(self, split: str, problems: list[str], sampled: bool = False) -> str:
+        lines = "\n".join(f"  - {p}" for p in problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        scope = " (masks sampled; the full scan decodes every mask)" if sampled else ""
+        return (
+            f"{self.name}, {split} split: {len(problems)} problem(s) in {self.data_dir}{scope}:\n{lines}{more}\n"
+            "Fix or remove these files. `python -m src.check data="
+            f"{self.config_name} data.data_dir={self.data_dir}` lists every problem of the whole dataset."
+        )
+
+    def validate(self) -> None:
+        """Before training: every pair present, every header (sizes, mask modes), `validate_masks` masks per split
+        decoded for their label values. Raises `DataError` naming the first bad files."""
+        for split in self.splits():
+            data = self.dataset(split)
+            result = scan_split(data, self.num_classes, self.ignore_index, decode=self.validate_masks)
+            if result.problems:
+                raise DataError(self.problem_message(split, result.problems, sampled=result.masks_decoded < len(data)))
