@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from src.check import check
-from src.data.transforms import CatMaxRatioCrop
+from src.data.transforms import CatMaxRatioCrop, RandomRescale
 from src.train import train
 from tests.conftest import compose_config
 from tests.fake_data import (
@@ -166,6 +166,31 @@ def test_training_pipeline_pads_masks_with_the_ignore_index(name, tmp_path):
         mask, image = out["mask"], out["image"]
         assert mask.shape == (64, 64) and set(np.unique(mask).tolist()) == {1, 255}
         assert (image[mask == 255] == 0).all()
+
+
+def test_file_datasets_share_one_training_pipeline(tmp_path):
+    """configs/data/pipeline/mmseg.yaml is the one place of the training augmentation: every on-disk dataset
+    composes the same steps, with its own sizes."""
+    steps = {}
+    for name in ["ade20k", "cityscapes", "voc", "camvid", "folder"]:
+        cfg = compose_config("train", [f"data={name}"], tmp_path / name)
+        steps[name] = [t._target_ for t in cfg.data.train_transform.transforms]
+        assert cfg.data.train_transform.transforms[1].height == cfg.data.crop_size[0]
+    assert len({tuple(s) for s in steps.values()}) == 1, steps
+    assert steps["voc"][0] == "src.data.transforms.RandomRescale"
+
+
+def test_random_rescale_without_reference_scale_uses_the_image_size():
+    """data=folder (scale: null): a keep-ratio rescale by r in [0.5, 2] of each image's own size."""
+    rescale = A.Compose([RandomRescale(scale=None, ratio_range=(0.5, 2.0))])
+    rescale.set_random_seed(0)
+    heights = []
+    for _ in range(50):
+        out = rescale(image=np.zeros((40, 60, 3), np.uint8), mask=np.zeros((40, 60), np.uint8))
+        h, w = out["mask"].shape
+        assert out["image"].shape[:2] == (h, w) and 20 <= h <= 80 and abs(w / h - 1.5) < 0.05
+        heights.append(h)
+    assert min(heights) < 30 and max(heights) > 65
 
 
 def test_cat_max_ratio_crop_avoids_crops_of_one_class():

@@ -40,23 +40,27 @@ class RandomRescale(DualTransform):
     """Keep-ratio rescale into `scale` x r, r uniform in `ratio_range` (masks: nearest neighbour).
 
     Args:
-        scale: the reference (long, short) edges, e.g. (2048, 512) for ADE20K, (2048, 1024) for Cityscapes.
+        scale: the reference (long, short) edges, e.g. (2048, 512) for ADE20K, (2048, 1024) for Cityscapes;
+            None: the image's own size (images of many sizes, as in `data=folder`), i.e. a plain rescale by r.
         ratio_range: the range of r.
     """
 
     def __init__(
         self,
-        scale: Sequence[int] = (2048, 512),
+        scale: Sequence[int] | None = (2048, 512),
         ratio_range: Sequence[float] = (0.5, 2.0),
         interpolation: int = cv2.INTER_LINEAR,
         p: float = 1.0,
     ):
         super().__init__(p=p)
-        self.scale, self.ratio_range, self.interpolation = tuple(scale), tuple(ratio_range), interpolation
+        self.scale = tuple(scale) if scale is not None else None
+        self.ratio_range, self.interpolation = tuple(ratio_range), interpolation
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         ratio = self.py_random.uniform(*self.ratio_range)
         height, width = params["shape"][:2]
+        if self.scale is None:
+            return {"size": (int(height * ratio + 0.5), int(width * ratio + 0.5))}
         return {"size": rescale_size(height, width, [s * ratio for s in self.scale])}
 
     def apply(self, img: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
