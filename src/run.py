@@ -43,22 +43,26 @@ def instantiate_list(cfg: DictConfig | None) -> list:
 
 
 def build_datamodule(cfg: DictConfig, validate: bool = True):
-    """The DataModule of `cfg.data`; with `validate`, its files are checked before anything else happens."""
-    datamodule = instantiate(cfg.data, _convert_="partial")
+    """The DataModule of `cfg.data`; with `validate`, its files are checked before anything else happens.
+
+    A loss that needs per-pixel inputs computed from each training mask in the data pipeline (e.g. the boundary
+    weight map of `loss=unet_boundary`) names them in `loss.sample_extras()`; the DataModule is built with them.
+    """
+    extras = sample_extras(instantiate(cfg.loss)) if cfg.get("loss") else {}
+    datamodule = instantiate(cfg.data, _convert_="partial", sample_extras=extras)
     if validate:
         datamodule.validate()
     return datamodule
 
 
-def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
-    """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule.
+def sample_extras(loss) -> dict:
+    """What `loss` needs added to training samples (name -> fn(mask)); none for a loss without `sample_extras`."""
+    return dict(loss.sample_extras()) if hasattr(loss, "sample_extras") else {}
 
-    A loss that needs per-pixel inputs computed from the mask in the data pipeline (e.g. a boundary weight map)
-    names them in `loss.sample_extras()`; they are handed to the training dataset here.
-    """
+
+def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
+    """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule."""
     loss = instantiate(cfg.loss)
-    if hasattr(loss, "sample_extras"):
-        datamodule.sample_extras.update(loss.sample_extras())
     return SegmentationModule(
         net=instantiate(cfg.model),
         loss=loss,

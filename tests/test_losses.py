@@ -26,7 +26,7 @@ from src.losses import (
     WeightedSum,
     unet_weight_map,
 )
-from src.run import instantiate
+from src.run import build_datamodule, build_module, instantiate
 
 IGNORE = 255
 C = 4  # class 3 never occurs in the targets below
@@ -360,3 +360,57 @@ def test_wrong_length_class_weights_stop_the_run_with_a_message(tmp_path, where)
     assert "has 3 weights but data.num_classes is 6" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# -- batch extras: what the DataModule adds, what the module hands the loss ------------------------------------
+def small_run(train_cfg, *overrides):
+    cfg = train_cfg("data.train_size=4", "data.batch_size=4", "data.num_workers=0", *overrides)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    return datamodule, build_module(cfg, datamodule)
+
+
+def test_unet_boundary_training_batch_carries_its_map_and_weights_the_loss(train_cfg):
+    """The DataModule is built with the loss's extras: the training batch holds the map (with its border term),
+    the module hands it to the loss, and the value is the map-weighted mean, not plain cross-entropy."""
+    datamodule, module = small_run(train_cfg, "loss=unet_boundary")
+    assert set(datamodule.sample_extras) == {"weight"} and module.loss_keys == ("weight",)
+    batch = next(iter(datamodule.train_dataloader()))
+    weight, mask = batch["weight"], batch["mask"]
+    assert weight.shape == mask.shape and weight.max() > 2.0  # 1 + the border term between nearby shapes
+    for k in range(len(mask)):  # the map of each augmented training mask
+        expected = unet_weight_map(mask[k].numpy(), w0=10.0, sigma=5.0)
+        np.testing.assert_allclose(weight[k].numpy(), expected, rtol=1e-5, atol=1e-6)
+    logits = module(batch["image"]).double()
+    value = module._loss(logits, batch, "train").item()
+    plain = CrossEntropy()(logits, mask)["loss"].item()
+    ce = torch.nn.functional.cross_entropy(logits, mask, ignore_index=IGNORE, reduction="none")
+    expected = ((weight * ce).sum() / weight[mask != IGNORE].sum()).item()
+    assert value == pytest.approx(expected, rel=1e-6)
+    assert abs(value - plain) > 1e-3 * plain, (value, plain)
+    assert "weight" not in next(iter(datamodule.val_dataloader()))  # evaluation batches carry no map
+
+
+@pytest.mark.parametrize("name", LOSS_CONFIGS)
+def test_unrelated_batch_keys_never_reach_the_loss(name, train_cfg):
+    """A batch key no loss declares (a file name, an index) leaves every loss working and its value unchanged."""
+    _, module = small_run(train_cfg, f"loss={name}")
+    g = torch.Generator().manual_seed(0)
+    mask = torch.randint(0, 6, (2, 16, 16), generator=g)
+    logits = torch.randn(2, 6, 16, 16, generator=g, dtype=torch.float64)
+    extras = module.loss.sample_extras() if hasattr(module.loss, "sample_extras") else {}
+    declared = {k: torch.stack([torch.from_numpy(fn(m.numpy())) for m in mask]) for k, fn in extras.items()}
+    batch = {"image": torch.zeros(2, 3, 16, 16), "mask": mask, **declared}
+    batch |= {"name": ["a.png", "b.png"], "index": torch.arange(2)}
+    expected = call(module.loss, logits, mask)["loss"].item()
+    assert module._loss(logits, batch, "train").item() == pytest.approx(expected, rel=1e-9)
+    assert module._loss(logits, batch, "val").item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_training_batch_without_the_declared_extra_is_an_error(train_cfg):
+    """A DataModule built without the loss's extras would silently train plain cross-entropy: it stops instead."""
+    _, module = small_run(train_cfg, "loss=unet_boundary")
+    batch = {"image": torch.zeros(1, 3, 8, 8), "mask": torch.zeros(1, 8, 8, dtype=torch.long)}
+    with pytest.raises(RuntimeError, match=r"needs \['weight'\] in every training batch"):
+        module._loss(torch.zeros(1, 6, 8, 8), batch, "train")
+    assert torch.isfinite(module._loss(torch.zeros(1, 6, 8, 8), batch, "val"))  # evaluation: class weights alone

@@ -8,7 +8,8 @@ that survives a resume) lives here once.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 import lightning as L
 import numpy as np
@@ -28,7 +29,8 @@ class SegDataset(Dataset):
     def __init__(self, transform: Callable | None = None):
         self.transform = transform
         # name -> fn(mask after transform) -> per-pixel array, added to the sample under that name (computed in
-        # the workers, e.g. a loss's boundary weight map); set by the code that builds the run
+        # the workers, e.g. a loss's boundary weight map); the DataModule gives its training dataset the
+        # `sample_extras` it was built with
         self.extras: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +151,10 @@ class SegDataModule(L.LightningDataModule):
         batch_size / eval_batch_size: samples per device and step.
         num_workers: DataLoader worker processes.
         seed: seeds the epoch-wise shuffle.
+        sample_extras: name -> fn(training mask after the pipeline) -> per-pixel array, added to every training
+            sample under that name (computed in the DataLoader workers), e.g. the boundary weight map of
+            `loss=unet_boundary`: `loss.sample_extras()`, given here by `src.run.build_datamodule`. Fixed when the
+            DataModule is built; evaluation samples get none.
     """
 
     has_test = False  # subclasses with a labelled test split set this
@@ -166,6 +172,7 @@ class SegDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         palette: Sequence[Sequence[int]] | None = None,
+        sample_extras: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     ):
         super().__init__()
         if len(class_names) != num_classes:
@@ -182,8 +189,7 @@ class SegDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
         self.datasets: dict[str, SegDataset] = {}
-        # name -> fn(mask) -> per-pixel array added to training samples (see SegDataset.extras)
-        self.sample_extras: dict[str, Callable] = {}
+        self.sample_extras = MappingProxyType(dict(sample_extras or {}))  # read-only: given when built
 
     # -- the one hook a dataset implements --------------------------------------------------------------
     def make_dataset(self, split: str, transform: Callable | None) -> SegDataset:
@@ -198,7 +204,7 @@ class SegDataModule(L.LightningDataModule):
             transform = self.train_transform if split == "train" else self.eval_transform
             self.datasets[split] = self.make_dataset(split, transform)
             if split == "train":
-                self.datasets[split].extras = self.sample_extras
+                self.datasets[split].extras = dict(self.sample_extras)
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -23,7 +23,9 @@ from src.models.optim import BACKBONE_NAMES, param_groups
 class SegmentationModule(L.LightningModule):
     """Args:
     net: the network, (N,3,H,W) -> (N,C,H,W).
-    loss: `loss(logits, target)` -> a scalar, or a dict with the total under "loss" and terms beside it.
+    loss: `loss(logits, target)` -> a scalar, or a dict with the total under "loss" and terms beside it. A loss
+        with `sample_extras()` (name -> fn(mask)) also gets those batch entries as keywords, and no other; each
+        training batch must carry them (the DataModule is built with them: src.run.build_datamodule).
     optimizer: `optimizer(param_groups)` -> torch optimizer (a Hydra `_partial_`).
     scheduler: `scheduler(optimizer, total_steps=...)` -> a per-step LR scheduler, or None.
     num_classes, class_names, ignore_index: from the dataset config.
@@ -53,6 +55,8 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "run_config"])
         self.net, self.loss = net, loss
+        # the batch keys the loss takes beside logits and mask (e.g. "weight": a boundary weight map)
+        self.loss_keys = tuple(loss.sample_extras()) if hasattr(loss, "sample_extras") else ()
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -78,8 +82,16 @@ class SegmentationModule(L.LightningModule):
         return None
 
     def _loss(self, logits, batch, stage: str) -> torch.Tensor:
-        # per-pixel extras from the data pipeline (e.g. a boundary weight map) go to the loss as keywords
-        extras = {k: v for k, v in batch.items() if k not in ("image", "mask")}
+        # the per-pixel extras the loss declares (e.g. a boundary weight map) go to it as keywords; other batch
+        # keys (a file name, an index) never reach it. Training batches must carry them; evaluation batches don't.
+        missing = [k for k in self.loss_keys if k not in batch]
+        if missing and stage == "train":
+            raise RuntimeError(
+                f"the loss {type(self.loss).__name__} needs {missing} in every training batch, but the batch has "
+                f"only {sorted(batch)}: build the DataModule with sample_extras=loss.sample_extras() "
+                "(src.run.build_datamodule does)."
+            )
+        extras = {k: batch[k] for k in self.loss_keys if k in batch}
         out = self.loss(logits, batch["mask"], **extras)
         terms = out if isinstance(out, dict) else {"loss": out}
         on_step = stage == "train"
