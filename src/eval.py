@@ -35,6 +35,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if "pretrained" in stored.model:  # the checkpoint's weights replace any initial weights
             stored.model.pretrained = None
     datamodule = build_datamodule(stored)
+    datamodule.check_split(cfg.split)  # "test" never silently means "val"
     module = build_module(stored, datamodule)
     trainer = build_trainer(stored)
     run = trainer.test if cfg.split == "test" else trainer.validate

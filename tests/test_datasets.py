@@ -3,6 +3,7 @@ conventions pixel by pixel, tensors and batches, the pipelines' padding and crop
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import albumentations as A
@@ -10,9 +11,13 @@ import hydra
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from src.check import check
 from src.data.transforms import CatMaxRatioCrop, RandomRescale
+from src.errors import UserError
+from src.eval import evaluate
+from src.run import instantiate
 from src.train import train
 from tests.conftest import compose_config
 from tests.fake_data import (
@@ -269,3 +274,50 @@ def test_experiment_fast_dev_run(experiment, train_cfg, tmp_path):
     )
     results = train(cfg)
     assert 0.0 <= results["val"]["mIoU"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["ade20k", "cityscapes", "voc", "camvid", "synthetic"])
+def test_class_names_and_palette_live_in_the_dataset_module_and_agree_with_the_config(name, tmp_path):
+    """The fixed benchmarks state their classes once (CLASS_NAMES, PALETTE of src/data/<name>.py); the YAML's
+    num_classes (interpolated by model and loss configs) agrees with them, and the DataModule uses them."""
+    module = importlib.import_module(f"src.data.{name}")
+    names, palette = module.CLASS_NAMES, module.PALETTE
+    cfg = compose_config("train", [f"data={name}"], tmp_path)
+    assert cfg.data.num_classes == len(names) == len(palette)
+    assert len(set(names)) == len(names) and all(isinstance(n, str) and n for n in names)
+    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in palette)
+    dm = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    assert dm.class_names == list(names) and dm.palette == [list(c) for c in palette]
+
+
+def test_wrong_num_classes_for_a_benchmark_names_the_fix(tmp_path):
+    cfg = compose_config("train", ["data=camvid", "data.num_classes=12"], tmp_path)
+    with pytest.raises(UserError, match=r"data.num_classes is 12 but CamVid has 11 classes .*data.num_classes=11"):
+        instantiate(cfg.data, _convert_="partial")
+    renamed = compose_config("train", ["data=camvid", f"data.class_names=[{','.join('abcdefghijk')}]"], tmp_path)
+    assert hydra.utils.instantiate(renamed.data, _convert_="partial").class_names == list("abcdefghijk")
+
+
+def test_a_missing_split_is_an_error_naming_the_splits_available(tmp_path):
+    """ADE20K has no labelled test split: asking for it (the test loader, `python -m src.eval split=test`) stops
+    with the splits there are, never scores val under the name "test"."""
+    dm, fake = datamodule(tmp_path, "ade20k")
+    assert dm.splits() == ["train", "val"]
+    message = r"split=test: ADE20K has no labelled test split \(it has train, val\)"
+    with pytest.raises(UserError, match=message):
+        dm.setup("test")
+    # through the evaluation entry point, with a checkpoint's stored run config
+    cfg = compose_config("train", ["data=ade20k", f"data.data_dir={fake.root}", *SMALL], tmp_path / "c")
+    ckpt = tmp_path / "model.ckpt"
+    torch.save(
+        {
+            "run_config": {
+                k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in cfg
+                if k != "hydra"
+            }
+        },
+        ckpt,
+    )
+    with pytest.raises(UserError, match=message):
+        evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "split=test"], tmp_path / "e"))

@@ -60,7 +60,7 @@ def test_state_dict_files_load(tmp_path, fmt):
 def test_lightning_checkpoint_of_this_template_loads(tmp_path):
     source = trained_source()
     module = SegmentationModule(
-        net=source, loss=nn.CrossEntropyLoss(), num_classes=6, optimizer=functools.partial(torch.optim.SGD, lr=0.1)
+        net=source, loss=nn.CrossEntropyLoss(), num_classes=6, optimizer=functools.partial(torch.optim.SGD), lr=0.1
     )
     data = [{"image": torch.randn(2, 3, 16, 16), "mask": torch.randint(0, 6, (2, 16, 16))}]
     trainer = L.Trainer(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from src.errors import DataError
+from src.errors import DataError, UserError
 
 
 class SegDataset(Dataset):
@@ -145,7 +145,9 @@ class SegDataModule(L.LightningDataModule):
 
     Args:
         num_classes: number of training classes (labels 0..num_classes-1).
-        class_names: one name per class (printed in tables and written to metrics.json).
+        class_names: one name per class (printed in tables and written to metrics.json); None: the dataset's own
+            `CLASS_NAMES` (a fixed benchmark states its classes and `PALETTE` in its module; its YAML gives only
+            `num_classes`, which other configs interpolate).
         ignore_index: the label that takes no part in loss or metrics.
         train_transform / eval_transform: albumentations pipelines (instantiated by Hydra from config).
         batch_size / eval_batch_size: samples per device and step.
@@ -158,11 +160,14 @@ class SegDataModule(L.LightningDataModule):
     """
 
     has_test = False  # subclasses with a labelled test split set this
+    name = "this dataset"  # in messages
+    CLASS_NAMES: Sequence[str] | None = None  # a fixed benchmark's classes and colours (see class_names)
+    PALETTE: Sequence[Sequence[int]] | None = None
 
     def __init__(
         self,
         num_classes: int,
-        class_names: Sequence[str],
+        class_names: Sequence[str] | None = None,
         ignore_index: int = 255,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
@@ -175,11 +180,23 @@ class SegDataModule(L.LightningDataModule):
         sample_extras: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     ):
         super().__init__()
+        if class_names is None and self.CLASS_NAMES is None:
+            raise DataError(f"data.class_names is not set: give one name per class ({num_classes}).")
+        if class_names is None:
+            class_names = self.CLASS_NAMES
+            if len(class_names) != num_classes:
+                raise DataError(
+                    f"data.num_classes is {num_classes} but {self.name} has {len(class_names)} classes "
+                    f"({type(self).__module__}.CLASS_NAMES): set data.num_classes={len(class_names)}, or give "
+                    "data.class_names with one name per class."
+                )
         if len(class_names) != num_classes:
             raise DataError(
                 f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}: "
                 "give one name per class."
             )
+        if palette is None and self.PALETTE is not None and len(self.PALETTE) == num_classes:
+            palette = self.PALETTE
         self.num_classes = num_classes
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
@@ -198,9 +215,23 @@ class SegDataModule(L.LightningDataModule):
     def validate(self) -> None:
         """Check the data before any long work starts; raise `DataError` naming the file and the fix."""
 
+    def splits(self) -> list[str]:
+        """The labelled splits this dataset has (validated before training, scanned by the check)."""
+        return ["train", "val"] + (["test"] if self.has_test else [])
+
     # -- shared ------------------------------------------------------------------------------------------
+    def check_split(self, split: str) -> None:
+        """A `UserError` naming the split and the splits available, unless this dataset has `split` labelled."""
+        splits = self.splits()
+        if split not in splits:
+            raise UserError(
+                f"split={split}: {self.name} has no labelled {split} split (it has {', '.join(splits)}); "
+                f"choose one of those, e.g. split={splits[-1]}."
+            )
+
     def dataset(self, split: str) -> SegDataset:
         if split not in self.datasets:
+            self.check_split(split)
             transform = self.train_transform if split == "train" else self.eval_transform
             self.datasets[split] = self.make_dataset(split, transform)
             if split == "train":
@@ -214,7 +245,7 @@ class SegDataModule(L.LightningDataModule):
         if stage == "validate":
             self.dataset("val")
         if stage == "test":
-            self.dataset("test" if self.has_test else "val")
+            self.dataset("test")
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         data = self.dataset(split)
@@ -236,7 +267,8 @@ class SegDataModule(L.LightningDataModule):
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if self.has_test else "val", train=False)
+        return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        """The test split, or the validation split of a dataset without a labelled test split."""
+        return self._loader("test" if self.has_test else "val", train=False)

@@ -9,6 +9,15 @@ import numpy as np
 
 from src.data.files import FilesDataModule, PairDataset, Pairs, allowed_table, list_files, pair_up
 
+# fmt: off
+CLASS_NAMES = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist",
+)
+PALETTE = (  # the colour of each class in the official visualisations (RGB)
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0), (192, 128, 128),
+    (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)
+# fmt: on
 UNLABELLED = 11
 LAYOUT = """  CamVid/
     train/0001TP_006690.png ...     trainannot/0001TP_006690.png ...   (367; masks 0..10, 11 = Unlabelled)
@@ -29,6 +38,7 @@ class CamVidDataset(PairDataset):
 class CamVidDataModule(FilesDataModule):
     """CamVid train / val, and test when `test/` and `testannot/` are there."""
 
+    CLASS_NAMES, PALETTE = CLASS_NAMES, PALETTE
     dataset_class = CamVidDataset
     layout, source, name, config_name = LAYOUT, SOURCE, "CamVid", "camvid"
 

@@ -11,6 +11,17 @@ import numpy as np
 
 from src.data.files import FilesDataModule, PairDataset, Pairs, allowed_table, list_files, pair_up
 
+# fmt: off
+CLASS_NAMES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain",
+    "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+PALETTE = (  # the colour of each class in the official visualisations (RGB)
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153), (250, 170, 30),
+    (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
+    (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)
+# fmt: on
 IMAGE_SUFFIX = "_leftImg8bit.png"
 TRAIN_IDS, LABEL_IDS = "_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"
 # label id -> train id, from the official table; every id not listed (unlabeled, ego vehicle, rectification
@@ -80,6 +91,7 @@ def _key(path, suffix: str) -> str | None:
 class CityscapesDataModule(FilesDataModule):
     """Cityscapes train (2,975) and val (500); the test labels are withheld (evaluation server)."""
 
+    CLASS_NAMES, PALETTE = CLASS_NAMES, PALETTE
     dataset_class = CityscapesDataset
     layout, source, name, config_name = LAYOUT, SOURCE, "Cityscapes", "cityscapes"
 

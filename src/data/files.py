@@ -197,7 +197,6 @@ class FilesDataModule(SegDataModule):
     dataset_class: type[PairDataset] = PairDataset
     layout = ""
     source = ""
-    name = "this dataset"
     config_name = "<name>"  # the data config (configs/data/<config_name>.yaml)
 
     def __init__(
@@ -215,10 +214,6 @@ class FilesDataModule(SegDataModule):
     # -- what a subclass implements ------------------------------------------------------------------------
     def pairs(self, split: str) -> Pairs:
         raise NotImplementedError
-
-    def splits(self) -> list[str]:
-        """The labelled splits (validated before training, scanned by the check)."""
-        return ["train", "val"] + (["test"] if self.has_test else [])
 
     # -- shared ---------------------------------------------------------------------------------------------
     def require(self, *folders: str, files: Sequence[str] = ()) -> Path:

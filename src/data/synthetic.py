@@ -143,6 +143,8 @@ class SyntheticDataModule(SegDataModule):
     """`data=synthetic`: shapes whose class follows from their form; sizes of each split from config."""
 
     has_test = True
+    name = "the synthetic data"
+    CLASS_NAMES, PALETTE = CLASS_NAMES, PALETTE
 
     def __init__(
         self,
@@ -157,8 +159,6 @@ class SyntheticDataModule(SegDataModule):
         **kwargs,
     ):
         kwargs.setdefault("num_classes", len(CLASS_NAMES))
-        kwargs.setdefault("class_names", CLASS_NAMES)
-        kwargs.setdefault("palette", PALETTE)
         super().__init__(**kwargs)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.image_size, self.max_shapes, self.data_seed = image_size, max_shapes, data_seed

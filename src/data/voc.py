@@ -11,6 +11,17 @@ from __future__ import annotations
 from src.data.files import FilesDataModule, PairDataset, Pairs, allowed_table, pairs_from_list, read_list
 from src.errors import DataError
 
+# fmt: off
+CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+PALETTE = (  # the colour of each class in the official visualisations (RGB)
+    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128), (128, 128, 128),
+    (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128), (64, 128, 128), (192, 128, 128),
+    (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128),
+)
+# fmt: on
 LAYOUT = """  VOCdevkit/VOC2012/
     JPEGImages/2007_000032.jpg ...
     SegmentationClass/2007_000032.png ...          (palette PNG: 0..20, 255 = border)
@@ -34,6 +45,7 @@ class VOCDataModule(FilesDataModule):
         aug: use the SBD augmented training set: "auto" (when present), true (required), false.
     """
 
+    CLASS_NAMES, PALETTE = CLASS_NAMES, PALETTE
     dataset_class = VOCDataset
     layout, source, name, config_name = LAYOUT, SOURCE, "Pascal VOC 2012", "voc"
 

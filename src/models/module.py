@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.errors import UserError
 from src.metrics import SUMMARY_KEYS, SegMetrics
-from src.models.optim import BACKBONE_NAMES, param_groups
+from src.models.net import find_encoder
+from src.models.optim import param_groups
 
 
 class SegmentationModule(L.LightningModule):
@@ -27,6 +29,8 @@ class SegmentationModule(L.LightningModule):
         with `sample_extras()` (name -> fn(mask)) also gets those batch entries as keywords, and no other; each
         training batch must carry them (the DataModule is built with them: src.run.build_datamodule).
     optimizer: `optimizer(param_groups)` -> torch optimizer (a Hydra `_partial_`).
+    lr, weight_decay: the base learning rate and weight decay of the parameter groups (src/models/optim.py); the
+        config passes the optimizer's own (`module.lr: ${optimizer.lr}`).
     scheduler: `scheduler(optimizer, total_steps=...)` -> a per-step LR scheduler, or None.
     num_classes, class_names, ignore_index: from the dataset config.
     head_lr_mult, norm_weight_decay, no_decay_keys, layer_decay: parameter-group settings (src/models/optim.py).
@@ -41,6 +45,8 @@ class SegmentationModule(L.LightningModule):
         loss: Callable,
         optimizer: Callable,
         scheduler: Callable | None = None,
+        lr: float | None = None,
+        weight_decay: float = 0.0,
         num_classes: int = 2,
         class_names: Sequence[str] | None = None,
         ignore_index: int = 255,
@@ -74,12 +80,9 @@ class SegmentationModule(L.LightningModule):
 
     @property
     def backbone(self) -> nn.Module | None:
-        """The network's encoder (a sub-module named `encoder` or `backbone`), e.g. for freezing; None if none."""
-        for name in BACKBONE_NAMES:
-            for module_name, module in self.net.named_modules():
-                if module_name.split(".")[-1] == name:
-                    return module
-        return None
+        """The network's encoder (`find_encoder`), e.g. for freezing; None if it has none."""
+        found = find_encoder(self.net)
+        return found[1] if found is not None else None
 
     def _loss(self, logits, batch, stage: str) -> torch.Tensor:
         # the per-pixel extras the loss declares (e.g. a boundary weight map) go to it as keywords; other batch
@@ -153,11 +156,12 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        base = self.optimizer_factory.keywords if hasattr(self.optimizer_factory, "keywords") else {}
+        if hp.lr is None:
+            raise UserError("module.lr is not set: give the base learning rate (configs/train.yaml: ${optimizer.lr}).")
         groups = param_groups(
             self.net,
-            lr=base.get("lr", 1e-3),
-            weight_decay=base.get("weight_decay", 0.0),
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
             head_lr_mult=hp.head_lr_mult,
             norm_weight_decay=hp.norm_weight_decay,
             no_decay_keys=hp.no_decay_keys,

@@ -32,6 +32,19 @@ ENCODER_LIST_HELP = (
 )
 
 
+ENCODER_NAMES = ("encoder", "backbone")
+
+
+def find_encoder(net: nn.Module) -> tuple[str, nn.Module] | None:
+    """The network's encoder and its path in `net`: the first sub-module named `encoder` or `backbone` (smp's
+    naming, and the classic networks' here); None if it has none. Head learning rate, layer-wise decay, freezing
+    and the model summary all mean this module by "encoder"."""
+    for name, module in net.named_modules():
+        if name.split(".")[-1] in ENCODER_NAMES:
+            return name, module
+    return None
+
+
 class SegmentationNet(nn.Module):
     """Pads inputs to a multiple of `stride` (and to at least `min_size` per side), runs `net`, crops the logits
     back to the input size.

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from src.errors import UserError
+from src.models.net import find_encoder
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-BACKBONE_NAMES = ("encoder", "backbone")
 
 
 def param_groups(
@@ -25,12 +25,14 @@ def param_groups(
 ) -> list[dict]:
     """Split parameters into groups: backbone vs the rest (decoder/head, `head_lr_mult` x lr), and decayed vs not.
 
-    The backbone is any sub-module named `encoder` or `backbone` (smp's naming). Parameters of normalisation
-    layers get `norm_weight_decay` (None keeps `weight_decay`); names containing one of `no_decay_keys`
-    (e.g. "pos_block") get no weight decay. `layer_decay` (e.g. 0.65 to 0.9, for transformer encoders; BEiT,
-    MAE): encoder layer i of L (`backbone_layer_ids`) gets lr x layer_decay^(L - i), so the embeddings learn
-    slowest and the last block at layer_decay x lr; None or 1 leaves the backbone at lr.
+    The backbone is the network's encoder (`find_encoder`: the first sub-module named `encoder` or `backbone`).
+    Parameters of normalisation layers get `norm_weight_decay` (None keeps `weight_decay`); names containing one
+    of `no_decay_keys` (e.g. "pos_block") get no weight decay. `layer_decay` (e.g. 0.65 to 0.9, for transformer
+    encoders; BEiT, MAE): encoder layer i of L (`backbone_layer_ids`) gets lr x layer_decay^(L - i), so the
+    embeddings learn slowest and the last block at layer_decay x lr; None or 1 leaves the backbone at lr.
     """
+    found = find_encoder(net)
+    prefix = found[0] + "." if found is not None else None
     layer_of = backbone_layer_ids(net) if layer_decay is not None and layer_decay != 1 else {}
     num_layers = max(layer_of.values(), default=-1) + 1
     no_decay_norm = set()
@@ -41,7 +43,7 @@ def param_groups(
     for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
-        head = not any(part in BACKBONE_NAMES for part in name.split(".")[:-1])
+        head = prefix is None or not name.startswith(prefix)
         if any(k in name for k in no_decay_keys):
             wd, kind = 0.0, "no_decay"
         elif id(p) in no_decay_norm and norm_weight_decay is not None:
@@ -67,9 +69,7 @@ def backbone_layer_ids(net: nn.Module) -> dict[str, int]:
     (the name up to its first numeric part, e.g. `stages_1.blocks.2`, `layer3.0`) is a layer, in the order the
     encoder registers them, and the parameters registered before the first block form layer 0.
     """
-    prefix, backbone = next(
-        ((n, m) for n, m in net.named_modules() if n.split(".")[-1] in BACKBONE_NAMES), (None, None)
-    )
+    prefix, backbone = find_encoder(net) or (None, None)
     if backbone is None:
         return {}
     names = [n for n, _ in backbone.named_parameters()]

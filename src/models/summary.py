@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from src.models.optim import BACKBONE_NAMES
+from src.models.net import find_encoder
 
 
 def summarize(net: nn.Module, input_size: tuple[int, int], batch_size: int = 1, in_channels: int = 3) -> dict:
     """{"params", "trainable", "encoder_params", "flops", "output_shape"} for one forward of a zero input."""
-    encoder = next((m for name, m in net.named_modules() if name.split(".")[-1] in BACKBONE_NAMES), None)
+    encoder = (find_encoder(net) or (None, None))[1]
     x = torch.zeros(batch_size, in_channels, *input_size)
     was_training = net.training
     net.eval()
