@@ -2,8 +2,8 @@
 
 Follows the convention papers report with (mmsegmentation, the Cityscapes scripts): a class that never occurs in
 the ground truth nor in the prediction has IoU/Dice NaN and is left out of the means (torchmetrics' JaccardIndex
-counts it as 0 instead; ../shared/TRAPS.md). Every score derives from the same matrix, which torchmetrics sums
-across processes before it is read.
+counts it as 0 instead, which lowers mIoU on any split missing a class). Every score derives from the same
+matrix, which torchmetrics sums across processes before it is read.
 """
 
 from __future__ import annotations

@@ -162,3 +162,22 @@ def write_folder(tmp: Path, mask_mode: str = "index", splits: str = "folders", n
                 "\n".join(k for k, s in split_of.items() if s == split) + "\n"
             )
     return fake
+
+
+def write_mmseg_generic(tmp: Path, n: int = 6) -> Fake:
+    """mmsegmentation's generic custom-dataset layout: imgs/<key>_img.jpg, gts/<key>_gt.png (index masks 0, 1, 2),
+    split lists splits/{train,val}.txt of keys; plus a stray imgs/notes.txt and a second image of one key without
+    the suffix (imgs/<key>.jpg), which must not pair."""
+    fake = Fake(tmp / "generic")
+    keys = [f"tile_{i:02d}" for i in range(n)]
+    for i, key in enumerate(keys):
+        save(fake.root / "imgs" / f"{key}_img.jpg", noise_image(i, 30, 44))
+        mask = stripes([0, 1, 2], 30, 44, shift=i)
+        save(fake.root / "gts" / f"{key}_gt.png", mask)
+        fake.raw[str(fake.root / "gts" / f"{key}_gt.png")] = mask
+    save(fake.root / "imgs" / f"{keys[0]}.jpg", noise_image(99, 30, 44))
+    (fake.root / "imgs" / "notes.txt").write_text("not an image\n")
+    (fake.root / "splits").mkdir()
+    (fake.root / "splits" / "train.txt").write_text("\n".join(keys[:4]) + "\n")
+    (fake.root / "splits" / "val.txt").write_text("\n".join(keys[4:]) + "\n")
+    return fake

@@ -1,5 +1,5 @@
 """Bad data is refused with a message naming the file (validate() before training, and the full check CLI); the
-check's class weights; per-worker and per-epoch augmentation seeds (TRAPS.md)."""
+check's class weights; per-worker and per-epoch augmentation seeds."""
 
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def test_check_cli_exit_status_names_bad_files(tmp_path):
 
 
 def test_workers_and_epochs_draw_different_augmentations(tmp_path):
-    """TRAPS.md: albumentations' RNG is copied into every forked worker and restarted each epoch. A dataset of
+    """albumentations' RNG is copied into every forked worker and restarted each epoch. A dataset of
     copies of one image, 2 workers: every sample of an epoch differs, epochs differ, and a fixed seed repeats."""
     root = tmp_path / "copies"
     image, mask = noise_image(0, 48, 48), np.arange(48 * 48).reshape(48, 48) % 3

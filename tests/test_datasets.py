@@ -28,6 +28,7 @@ from tests.fake_data import (
     write_camvid,
     write_cityscapes,
     write_folder,
+    write_mmseg_generic,
     write_voc,
 )
 
@@ -321,3 +322,41 @@ def test_a_missing_split_is_an_error_naming_the_splits_available(tmp_path):
     )
     with pytest.raises(UserError, match=message):
         evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "split=test"], tmp_path / "e"))
+
+
+GENERIC = ["data=folder", "data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=null"]
+GENERIC += ["data.image_dir=imgs", "data.mask_dir=gts", "data.mask_suffix=_gt"]
+
+
+@pytest.mark.parametrize("image_suffix", ["_img", "_img.jpg"])
+def test_folder_reads_mmsegmentation_generic_layout_without_renaming(image_suffix, tmp_path):
+    """imgs/<key>_img.jpg + gts/<key>_gt.png with splits/*.txt of keys: data.image_dir, data.mask_dir,
+    data.image_suffix, data.mask_suffix (the suffix with or without its extension, as mmsegmentation writes it)."""
+    fake = write_mmseg_generic(tmp_path / "data")
+    cfg = compose_config(
+        "train", [*GENERIC, f"data.image_suffix={image_suffix}", f"data.data_dir={fake.root}", *SMALL], tmp_path / "c"
+    )
+    dm = instantiate(cfg.data, _convert_="partial")
+    dm.validate()
+    train, val = dm.dataset("train"), dm.dataset("val")
+    assert [Path(p).name for p in train.images] == [f"tile_{i:02d}_img.jpg" for i in range(4)]
+    assert [Path(p).name for p in val.masks] == ["tile_04_gt.png", "tile_05_gt.png"]
+    for data in (train, val):
+        for i, mask_path in enumerate(data.masks):
+            image, labels = data.load(i)
+            assert image.shape == (30, 44, 3)
+            np.testing.assert_array_equal(labels, fake.raw[mask_path])
+    assert dm.splits() == ["train", "val"]
+
+
+def test_folder_names_the_expected_file_with_its_suffixes(tmp_path):
+    fake = write_mmseg_generic(tmp_path / "data")
+    (fake.root / "gts" / "tile_02_gt.png").unlink()
+    cfg = compose_config("train", [*GENERIC, "data.image_suffix=_img", f"data.data_dir={fake.root}"], tmp_path / "c")
+    with pytest.raises(UserError, match=rf"tile_02_img.jpg: no mask \(expected {fake.root}/gts/tile_02_gt.png\)"):
+        instantiate(cfg.data, _convert_="partial").dataset("train")
+    missing = compose_config("train", [*GENERIC, f"data.data_dir={fake.root}", "data.mask_dir=labels"], tmp_path / "d")
+    with pytest.raises(
+        UserError, match=r"(?s)has no folder labels.*imgs/<name>.jpg\|png\|tif \.\.\.    labels/<name>_gt"
+    ):
+        instantiate(missing.data, _convert_="partial").dataset("train")

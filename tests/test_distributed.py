@@ -1,6 +1,6 @@
 """Distributed evaluation is exact: two CPU processes (gloo) score a 7-image set like one process does.
 
-DistributedSampler would pad 7 images to 8 and count one twice (TRAPS.md: 0.12581 vs 0.12752 mIoU measured); the
+DistributedSampler would pad 7 images to 8 and count one twice (0.12581 vs 0.12752 mIoU measured); the
 template's EpochSampler shards evaluation without padding and the confusion matrices are summed once.
 """
 

@@ -1,4 +1,5 @@
-"""Scores equal an independent NumPy computation; absent classes are left out of the means (TRAPS.md)."""
+"""Scores equal an independent NumPy computation; absent classes are left out of the means (torchmetrics'
+JaccardIndex would count them as 0)."""
 
 import math
 

@@ -58,12 +58,14 @@ class EpochSampler(Sampler):
 
     So epoch k of a run resumed from a checkpoint replays exactly what an uninterrupted run did, whatever the
     number of DataLoader workers, and no two workers or epochs repeat each other's augmentations (albumentations
-    keeps its own RNG, copied into every forked worker: ../shared/TRAPS.md). Lightning calls `set_epoch` before
+    keeps its own RNG, copied into every forked worker, so without reseeding every worker and every epoch would
+    draw the same augmentations). Lightning calls `set_epoch` before
     each training epoch. With `shuffle=False` (evaluation) it yields plain indices in order.
 
     Under torch.distributed it also shards: training pads to a multiple of the world size (every rank needs the
     same number of steps); evaluation does not pad, so no sample is counted twice (DistributedSampler's padding
-    changes the metrics: TRAPS.md). The trainer therefore runs with `use_distributed_sampler=False`.
+    counts padded samples twice and changes the metrics). The trainer therefore runs with
+    `use_distributed_sampler=False`.
     """
 
     def __init__(self, length: int, seed: int = 0, shuffle: bool = True, epoch: int = 0):

@@ -1,8 +1,13 @@
 """Any dataset of `images/` and `masks/` with matching file names: `data=folder data.data_dir=...`.
 
+The folder names (`data.image_dir`, `data.mask_dir`) and the name endings (`data.image_suffix`,
+`data.mask_suffix`) are options, so layouts such as mmsegmentation's generic one (`imgs/x_img.jpg` with
+`gts/x_gt.png`, split lists in `splits/`) load as they are. An image and a mask pair when their names agree
+once the suffixes are taken off (the key, `x` above).
+
 Splits, first match wins:
   1. split folders: `images/{train,val[,test]}/` and `masks/{train,val[,test]}/`;
-  2. split lists: `splits/{train,val[,test]}.txt`, one file stem per line, over flat `images/` and `masks/`;
+  2. split lists: `splits/{train,val[,test]}.txt`, one key per line, over flat `images/` and `masks/`;
   3. neither: a fixed `val_fraction` of the flat folders (drawn once with a fixed seed) is validation.
 
 Masks are index masks (one class index per pixel; `values` maps stored values to classes, e.g. [0, 255] for
@@ -18,15 +23,26 @@ from typing import Literal
 
 import numpy as np
 
-from src.data.files import FilesDataModule, PairDataset, Pairs, list_files, pair_up, read_list
+from src.data.files import IMAGE_SUFFIXES, FilesDataModule, PairDataset, Pairs, list_files, pair_up, read_list
 from src.data.scan import COLOUR_MODES, INDEX_MODES
 from src.errors import DataError
 
 LAYOUT = """  <root>/
-    images/<name>.jpg|png|tif ...    masks/<name><mask_suffix>.png ...   (matching names)
-  with optional split folders images/{train,val,test}/ + masks/{train,val,test}/,
-  or split lists splits/{train,val,test}.txt (one name per line)"""
+    {image_dir}/<name>{image_suffix}.jpg|png|tif ...    {mask_dir}/<name>{mask_suffix}.png ...   (matching names)
+  with optional split folders {image_dir}/{{train,val,test}}/ + {mask_dir}/{{train,val,test}}/,
+  or split lists splits/{{train,val,test}}.txt (one name per line)
+  (folder names: data.image_dir, data.mask_dir; name endings: data.image_suffix, data.mask_suffix)"""
 SOURCE = "your own data"
+
+
+def key_of(suffix: str):
+    """The key of a file name: its stem less `suffix` (e.g. "_gt"), or, for a suffix with an image extension (as
+    mmsegmentation writes them, e.g. "_img.jpg"), the whole name less `suffix`; None for files without it."""
+    if not suffix:
+        return lambda p: p.stem
+    if Path(suffix).suffix.lower() in IMAGE_SUFFIXES:
+        return lambda p: p.name[: -len(suffix)] if p.name.endswith(suffix) else None
+    return lambda p: p.stem[: -len(suffix)] if p.stem.endswith(suffix) else None
 
 
 def colour_codes(rgb: np.ndarray) -> np.ndarray:
@@ -81,12 +97,15 @@ class FolderDataModule(FilesDataModule):
     mask_mode: "index" (one value per pixel) or "rgb" (colour masks, mapped through `palette`).
     values: index masks: the stored value of each class (default: value c is class c).
     ignore_colors: rgb masks: colours that become the ignore index.
-    mask_suffix: a mask is named <image stem><mask_suffix>.<ext>, e.g. "_mask".
+    image_dir, mask_dir: the folders of the images and of the masks below data_dir.
+    image_suffix, mask_suffix: an image is named <key><image_suffix>.<ext>, its mask <key><mask_suffix>.<ext>,
+        e.g. "_img" and "_gt" (with the extension, e.g. "_img.jpg", only files with that ending count).
     val_fraction: without split folders or lists, this share of the files is validation.
     """
 
     dataset_class = FolderDataset
-    layout, source, name, config_name = LAYOUT, SOURCE, "The folder dataset", "folder"
+    source, name, config_name = SOURCE, "The folder dataset", "folder"
+    layout = LAYOUT.format(image_dir="images", mask_dir="masks", image_suffix="", mask_suffix="")
 
     def __init__(
         self,
@@ -95,6 +114,9 @@ class FolderDataModule(FilesDataModule):
         ignore_colors: Sequence[Sequence[int]] = (),
         mask_suffix: str = "",
         val_fraction: float = 0.2,
+        image_dir: str = "images",
+        mask_dir: str = "masks",
+        image_suffix: str = "",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -111,6 +133,10 @@ class FolderDataModule(FilesDataModule):
             raise DataError("data.num_classes and data.ignore_index must be at most 255 (8-bit label maps).")
         self.mask_mode, self.values, self.ignore_colors = mask_mode, values, [list(c) for c in ignore_colors]
         self.mask_suffix, self.val_fraction = mask_suffix, val_fraction
+        self.image_dir, self.mask_dir, self.image_suffix = image_dir, mask_dir, image_suffix
+        self.layout = LAYOUT.format(
+            image_dir=image_dir, mask_dir=mask_dir, image_suffix=image_suffix, mask_suffix=mask_suffix
+        )
 
     def dataset_kwargs(self) -> dict:
         if self.mask_mode == "rgb":
@@ -124,39 +150,39 @@ class FolderDataModule(FilesDataModule):
 
     # -- splits ---------------------------------------------------------------------------------------------
     def split_kind(self) -> str:
-        root = self.require("images", "masks")
-        if (root / "images" / "train").is_dir():
+        root = self.require(self.image_dir, self.mask_dir)
+        if (root / self.image_dir / "train").is_dir():
             return "folders"
         return "lists" if (root / "splits" / "train.txt").is_file() else "fraction"
 
     @property
     def has_test(self) -> bool:
         root = self.data_dir
-        return (root / "images" / "test").is_dir() or (root / "splits" / "test.txt").is_file()
+        return (root / self.image_dir / "test").is_dir() or (root / "splits" / "test.txt").is_file()
 
-    def _pair(self, images_dir: Path, masks_dir: Path) -> Pairs:
-        suffix = self.mask_suffix
-
-        def mask_key(p: Path) -> str | None:
-            return p.stem[: -len(suffix)] if suffix and p.stem.endswith(suffix) else (None if suffix else p.stem)
-
-        images, masks = list_files(images_dir), list_files(masks_dir, key=mask_key)
-        return pair_up(images, masks, lambda k: f"{masks_dir}/{k}{suffix}.png", lambda k: f"{images_dir}/{k}.<ext>")
+    def _pair(self, images_dir: Path, masks_dir: Path) -> tuple[Pairs, np.ndarray]:
+        """The pairs of two folders and their keys."""
+        mask_end = self.mask_suffix if Path(self.mask_suffix).suffix else f"{self.mask_suffix}.png"
+        image_end = self.image_suffix if Path(self.image_suffix).suffix else f"{self.image_suffix}.<ext>"
+        images = list_files(images_dir, key=key_of(self.image_suffix))
+        masks = list_files(masks_dir, key=key_of(self.mask_suffix))
+        pairs = pair_up(images, masks, lambda k: f"{masks_dir}/{k}{mask_end}", lambda k: f"{images_dir}/{k}{image_end}")
+        return pairs, np.array(sorted(images.keys() & masks.keys()), dtype=str)
 
     def pairs(self, split: str) -> Pairs:
         kind, root = self.split_kind(), self.data_dir
         if kind == "folders":
-            self.require(f"images/{split}", f"masks/{split}")
-            return self._pair(root / "images" / split, root / "masks" / split)
-        pairs = self._pair(root / "images", root / "masks")
-        stems = np.array([Path(p).stem for p in pairs.images], dtype=str)
+            self.require(f"{self.image_dir}/{split}", f"{self.mask_dir}/{split}")
+            return self._pair(root / self.image_dir / split, root / self.mask_dir / split)[0]
+        pairs, stems = self._pair(root / self.image_dir, root / self.mask_dir)
         if kind == "lists":
             self.require(files=[f"splits/{split}.txt"])
             listed = read_list(root / "splits" / f"{split}.txt")
             missing = sorted(set(listed) - set(stems.tolist()))
             keep = np.isin(stems, listed)
             problems = [
-                f"{root}/splits/{split}.txt: lists {m!r}, which has no image/mask pair in images/ and masks/"
+                f"{root}/splits/{split}.txt: lists {m!r}, which has no image/mask pair in {self.image_dir}/ and "
+                f"{self.mask_dir}/"
                 for m in missing
             ]
         else:  # a fixed share is validation, the same on every run

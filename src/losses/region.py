@@ -21,25 +21,32 @@ from src.losses.base import ClassWeights, SegLoss, load_class_weights
 
 
 class _SmpLoss(SegLoss):
-    """Computes in float32: sums over the batch overflow in float16, and smp's Lovasz fails on float64."""
+    """An smp loss (`smp_class`, multiclass mode) behind this package's signature: `options` go to smp, class
+    weights are read by `load_class_weights` (a list or a `python -m src.check` file) when given.
 
-    def __init__(self, loss, ignore_index: int):
+    Computes in float32: sums over the batch overflow in float16, and smp's Lovasz fails on float64.
+    """
+
+    smp_class: type
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        class_weights: ClassWeights = None,
+        num_classes: int | None = None,
+        **options,
+    ):
         super().__init__(ignore_index)
-        self.smp = loss
+        if class_weights is not None:
+            options["class_weights"] = load_class_weights(class_weights, num_classes).tolist()
+        self.smp = self.smp_class("multiclass", ignore_index=ignore_index, **options)
 
     def compute(self, logits, target, weight):
         return self.smp(logits.float(), target)
 
 
-def _weights(class_weights: ClassWeights, num_classes: int | None):
-    w = load_class_weights(class_weights, num_classes)
-    return None if w is None else w.tolist()
-
-
 class _SoftOverlap(_SmpLoss):
     """1 - a soft overlap score per class, averaged over classes (smp's `smp_class` in multiclass mode)."""
-
-    smp_class: type
 
     def __init__(
         self,
@@ -49,16 +56,7 @@ class _SoftOverlap(_SmpLoss):
         log_loss: bool = False,
         ignore_index: int = 255,
     ):
-        super().__init__(
-            self.smp_class(
-                "multiclass",
-                log_loss=log_loss,
-                smooth=smooth,
-                ignore_index=ignore_index,
-                class_weights=_weights(class_weights, num_classes),
-            ),
-            ignore_index,
-        )
+        super().__init__(ignore_index, class_weights, num_classes, smooth=smooth, log_loss=log_loss)
 
 
 class Dice(_SoftOverlap):
@@ -79,6 +77,7 @@ class Tversky(_SmpLoss):
     """`loss=tversky`: 1 - TP / (TP + alpha FP + beta FN) per class, mean over classes, to the power gamma."""
 
     name = "tversky"
+    smp_class = smp_losses.TverskyLoss
 
     def __init__(
         self,
@@ -90,24 +89,14 @@ class Tversky(_SmpLoss):
         smooth: float = 0.0,
         ignore_index: int = 255,
     ):
-        super().__init__(
-            smp_losses.TverskyLoss(
-                "multiclass",
-                alpha=alpha,
-                beta=beta,
-                gamma=gamma,
-                smooth=smooth,
-                ignore_index=ignore_index,
-                class_weights=_weights(class_weights, num_classes),
-            ),
-            ignore_index,
-        )
+        super().__init__(ignore_index, class_weights, num_classes, alpha=alpha, beta=beta, gamma=gamma, smooth=smooth)
 
 
 class Focal(_SmpLoss):
     """`loss=focal`: sigmoid focal loss per class (smp.losses.FocalLoss), `gamma` focusing, optional `alpha`."""
 
     name = "focal"
+    smp_class = smp_losses.FocalLoss
 
     def __init__(
         self,
@@ -117,16 +106,7 @@ class Focal(_SmpLoss):
         num_classes: int | None = None,
         ignore_index: int = 255,
     ):
-        super().__init__(
-            smp_losses.FocalLoss(
-                "multiclass",
-                gamma=gamma,
-                alpha=alpha,
-                ignore_index=ignore_index,
-                class_weights=_weights(class_weights, num_classes),
-            ),
-            ignore_index,
-        )
+        super().__init__(ignore_index, class_weights, num_classes, gamma=gamma, alpha=alpha)
 
 
 class Lovasz(_SmpLoss):
@@ -134,8 +114,10 @@ class Lovasz(_SmpLoss):
 
     name = "lovasz"
 
+    smp_class = smp_losses.LovaszLoss
+
     def __init__(self, per_image: bool = False, ignore_index: int = 255):
-        super().__init__(smp_losses.LovaszLoss("multiclass", ignore_index=ignore_index), ignore_index)
+        super().__init__(ignore_index)
         self.per_image = per_image  # mean of the images' losses (images without labelled pixels left out)
 
     def compute(self, logits, target, weight):
