@@ -31,6 +31,7 @@ from tests.fake_data import (
     write_mmseg_generic,
     write_voc,
 )
+from tests.scoring import INDEPENDENT, IndependentScores
 
 # small enough for a CPU: tiny crops and rescale references, a tiny classic U-Net
 SMALL = ["data.batch_size=2", "data.crop_size=[32,32]", "data.num_workers=0", "data.pin_memory=false"]
@@ -225,10 +226,18 @@ def test_fast_dev_run(case, train_cfg, tmp_path):
     name, writer, _, overrides = CASES[case]
     fake = writer(tmp_path / "data")
     cfg = train_cfg(
-        "debug=fast_dev_run", f"data={name}", f"data.data_dir={fake.root}", *SMALL, *overrides, *TINY_RUN, fast=False
+        "debug=fast_dev_run",
+        f"data={name}",
+        f"data.data_dir={fake.root}",
+        *SMALL,
+        *overrides,
+        *TINY_RUN,
+        *INDEPENDENT,
+        fast=False,
     )
+    IndependentScores.runs.clear()
     results = train(cfg)
-    assert 0.0 <= results["val"]["mIoU"] <= 1.0
+    assert results["val"]["mIoU"] == pytest.approx(IndependentScores.runs[-1], abs=1e-9)  # NumPy, from scratch
     assert len(results["val"]["per_class"]) == cfg.data.num_classes
 
 
@@ -271,10 +280,12 @@ def test_experiment_fast_dev_run(experiment, train_cfg, tmp_path):
         "callbacks.model_summary=null",
         "extras.print_config=false",
         *common,
+        *INDEPENDENT,
         fast=False,
     )
+    IndependentScores.runs.clear()
     results = train(cfg)
-    assert 0.0 <= results["val"]["mIoU"] <= 1.0
+    assert results["val"]["mIoU"] == pytest.approx(IndependentScores.runs[-1], abs=1e-9)
 
 
 @pytest.mark.parametrize("name", ["ade20k", "cityscapes", "voc", "camvid", "synthetic"])
