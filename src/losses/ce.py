@@ -56,8 +56,8 @@ class CrossEntropy(SegLoss):
 
     def value(self, logits, target, weight=None):
         # no test for "nothing labelled" (a host-device synchronisation per step): the weighted mean below is
-        # already 0, with zero gradient, when every pixel is ignored
-        return self.compute(logits, target, weight)
+        # already 0, with zero gradient, when every pixel is ignored; batches carry uint8 masks
+        return self.compute(logits, target.long(), weight)
 
     def compute(self, logits, target, weight):
         if weight is None and self.class_weights is None:  # the plain mean, in one call
