@@ -1,6 +1,7 @@
 """Speed of the training data path: images per second out of the training DataLoader, beside the decode floor.
 
-    python benchmarks/data.py [batches=40] [workers=0,1,2] [floor=true] [reps=3] [threads=1] [data=NAME ...]
+    python benchmarks/data.py [batches=40] [workers=0,1,2] [floor=true] [reps=3] [threads=1] [device=false]
+                              [data=NAME ...]
 
 Any other argument is a `python -m src.train` override, so the pipeline measured is the one a run would use,
 e.g. `data=camvid data.data_dir=../shared/data/camvid`. The first batch of each setting (worker start-up) is not
@@ -9,6 +10,7 @@ OpenCV decoding image and mask, nothing else; its row and the loader's ratio to 
 two alternating `reps` times (medians), so that load from other processes hits both. `threads` sets
 torch.set_num_threads and cv2.setNumThreads (1: one core). The device-side transform (normalisation, photometric
 distortion: src/data/device.py) runs after the loader, on the device; its cost on this CPU is printed apart.
+`device=true` first moves a config's host-side ColorJitter and Normalize to the device (see `move_to_device`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
 
+from src.data.device import IMAGENET_MEAN  # noqa: E402
 from src.run import build_datamodule  # noqa: E402
 from src.utils.compose import compose_config  # noqa: E402
 
@@ -62,8 +66,29 @@ def device_rate(datamodule, batches: list) -> float:
     return count / (time.perf_counter() - start)
 
 
+def move_to_device(data) -> None:
+    """Rewrite a data config whose pipelines jitter and normalise on the host (A.ColorJitter, A.Normalize) to hand
+    uint8 to the device instead: the same ColorJitter settings as `data.photometric`, padding with the mean colour
+    (what the device normalises to 0)."""
+    with open_dict(data):
+        for key in ("train_transform", "eval_transform"):
+            if data.get(key) is None:
+                continue
+            kept = []
+            for t in data[key].transforms:
+                name = t._target_.rsplit(".", 1)[-1]
+                if name == "ColorJitter":
+                    data.photometric = {k: t[k] for k in ("brightness", "contrast", "saturation", "hue", "p")}
+                elif name == "PadIfNeeded":
+                    t.fill = [round(255 * m) for m in IMAGENET_MEAN]
+                    kept.append(t)
+                elif name != "Normalize":
+                    kept.append(t)
+            data[key].transforms = kept
+
+
 def main(argv: list[str]) -> dict:
-    settings = {"batches": "40", "workers": "0,1,2", "floor": "true", "reps": "3", "threads": "1"}
+    settings = {"batches": "40", "workers": "0,1,2", "floor": "true", "reps": "3", "threads": "1", "device": "false"}
     overrides = []
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -75,6 +100,8 @@ def main(argv: list[str]) -> dict:
     cv2.setNumThreads(int(settings["threads"]))
     batches = int(settings["batches"])
     cfg = compose_config("train", overrides)
+    if settings["device"] == "true":
+        move_to_device(cfg.data)
     print(f"data={cfg.data._target_.rsplit('.', 1)[-1]} batch_size={cfg.data.batch_size} ({' '.join(overrides)})")
     result: dict = {}
     rows = []
