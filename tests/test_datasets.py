@@ -141,7 +141,7 @@ def test_labels_pixel_by_pixel_and_tensors(case, tmp_path):
 
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.float32
-    assert batch["mask"].shape == (2, 32, 32) and batch["mask"].dtype == torch.long
+    assert batch["mask"].shape == (2, 32, 32) and batch["mask"].dtype == torch.uint8  # uint8 until the loss
     values = set(batch["mask"].unique().tolist())
     assert values <= set(range(dm.num_classes)) | {255}
 
