@@ -1,14 +1,22 @@
-"""Speed of the training data path: images per second out of the training DataLoader, per number of workers.
+"""Speed of the training data path: images per second out of the training DataLoader, beside the decode floor.
 
-    python benchmarks/data.py [batches=40] [workers=0,1,2] [data=NAME data.key=value ...]
+    python benchmarks/data.py [batches=40] [workers=0,1,2] [floor=true] [reps=3] [threads=1] [host=false]
+                              [data=NAME ...]
 
 Any other argument is a `python -m src.train` override, so the pipeline measured is the one a run would use,
 e.g. `data=camvid data.data_dir=../shared/data/camvid`. The first batch of each setting (worker start-up) is not
-timed. Prints a markdown table.
+timed. With `floor=true` (file datasets), the decode floor is measured on the same files in the same order:
+OpenCV decoding image and mask, nothing else; its row and the loader's ratio to it (0 workers) are printed, the
+two alternating `reps` times (medians), so that load from other processes hits both. `threads` sets
+torch.set_num_threads and cv2.setNumThreads (1: one core). The device-side transform (normalisation, photometric
+distortion: src/data/device.py) runs after the loader, on the device; its cost on this CPU is printed apart.
+`host=true` measures the baseline the device path replaced: ColorJitter and Normalize in the workers (float32
+images out of them; see `move_to_host`).
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -16,24 +24,72 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cv2  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
 from src.run import build_datamodule  # noqa: E402
 from src.utils.compose import compose_config  # noqa: E402
 
 
-def images_per_second(datamodule, batches: int) -> float:
+def loader_rate(datamodule, batches: int) -> tuple[float, list]:
+    """(images/s out of the training DataLoader, the batches and the sample indices they came from)."""
     loader = iter(datamodule.train_dataloader())
     next(loader)
-    start, count = time.perf_counter(), 0
+    start, count, got = time.perf_counter(), 0, []
     for _ in range(batches):
         batch = next(loader, None)
         if batch is None:
             break
         count += len(batch["image"])
+        got.append(batch)
+    return count / (time.perf_counter() - start), got
+
+
+def floor_rate(dataset, count: int) -> float:
+    """Image+mask pairs per second, OpenCV decoding alone, over the first `count` files of the dataset."""
+    images, masks = dataset.images, dataset.masks
+    start = time.perf_counter()
+    for i in range(count):
+        k = i % len(images)
+        cv2.imread(str(images[k]), cv2.IMREAD_COLOR)
+        cv2.imread(str(masks[k]), cv2.IMREAD_UNCHANGED)
     return count / (time.perf_counter() - start)
 
 
-def main(argv: list[str]) -> None:
-    settings = {"batches": "40", "workers": "0,1,2"}
+def device_rate(datamodule, batches: list) -> float:
+    """Images/s of the device-side transform (normalisation, photometric distortion) run on this CPU."""
+    start, count = time.perf_counter(), 0
+    for batch in batches:
+        datamodule.on_after_batch_transfer(batch, 0)
+        count += len(batch["image"])
+    return count / (time.perf_counter() - start)
+
+
+def move_to_host(data) -> None:
+    """Rewrite a data config to the host-side pipeline the device path replaced (the baseline of `host=true`):
+    ColorJitter with `data.photometric`'s settings and Normalize in the workers, float32 images out of them,
+    padding with 0 after Normalize."""
+    with open_dict(data):
+        for key in ("train_transform", "eval_transform"):
+            if data.get(key) is None:
+                data[key] = {"_target_": "albumentations.Compose", "transforms": []}
+            kept = []
+            for t in data[key].transforms:
+                if t._target_.endswith("PadIfNeeded"):
+                    if key == "train_transform" and data.get("photometric"):
+                        kept.append({"_target_": "albumentations.ColorJitter", **data.photometric})
+                    kept.append({"_target_": "albumentations.Normalize"})
+                    t.fill = 0
+                kept.append(t)
+            if not any(t["_target_"].endswith("Normalize") for t in kept):
+                kept.append({"_target_": "albumentations.Normalize"})
+            data[key].transforms = kept
+        data.photometric = None
+
+
+def main(argv: list[str]) -> dict:
+    settings = {"batches": "40", "workers": "0,1,2", "floor": "true", "reps": "3", "threads": "1", "host": "false"}
     overrides = []
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -41,14 +97,43 @@ def main(argv: list[str]) -> None:
             settings[key] = value
         else:
             overrides.append(arg)
+    torch.set_num_threads(int(settings["threads"]))
+    cv2.setNumThreads(int(settings["threads"]))
+    batches = int(settings["batches"])
     cfg = compose_config("train", overrides)
+    if settings["host"] == "true":
+        move_to_host(cfg.data)
     print(f"data={cfg.data._target_.rsplit('.', 1)[-1]} batch_size={cfg.data.batch_size} ({' '.join(overrides)})")
-    print("| workers | images/s |\n|---:|---:|")
+    result: dict = {}
+    rows = []
     for workers in (int(w) for w in settings["workers"].split(",")):
         cfg.data.num_workers = workers
         datamodule = build_datamodule(cfg)
         datamodule.setup("fit")
-        print(f"| {workers} | {images_per_second(datamodule, int(settings['batches'])):.1f} |", flush=True)
+        data = datamodule.dataset("train")
+        with_floor = workers == 0 and settings["floor"] == "true" and hasattr(data, "images")
+        loader, floor = [], []
+        for _ in range(int(settings["reps"]) if with_floor else 1):
+            rate, got = loader_rate(datamodule, batches)
+            loader.append(rate)
+            if with_floor:
+                floor.append(floor_rate(data, sum(len(b["image"]) for b in got)))
+        result[workers] = statistics.median(loader)
+        row = f"| {workers} | {result[workers]:.1f} |"
+        if with_floor:
+            result["floor"] = statistics.median(floor)
+            result["ratio"] = result[0] / result["floor"]
+            result["device"] = device_rate(datamodule, got)
+            row += f" {result['floor']:.1f} | {result['ratio']:.2f} | {result['device']:.1f} |"
+        else:
+            row += " | | |"
+        rows.append(row)
+    print("\n| workers | loader images/s | decode floor pairs/s | loader / floor | device transform images/s (CPU) |")
+    print("|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    if "ratio" in result:
+        print(f"loader / decode floor = {result['ratio']:.2f} (0 workers; target >= 0.85)")
+    return result
 
 
 if __name__ == "__main__":

@@ -62,9 +62,18 @@ class SegMetrics(MulticlassConfusionMatrix):
         self.class_names = list(class_names) if class_names is not None else None
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch to the matrix without waiting for the device: ignored pixels are counted with weight 0
+        (torchmetrics' own update drops them by boolean indexing, a host-device synchronisation per batch)."""
         if preds.ndim == target.ndim + 1:
-            preds = preds.argmax(1)
-        super().update(preds, target)
+            preds = preds.max(1).indices  # = argmax(1), ties included; several times faster on CPU for NCHW
+        target = target.long()
+        num_classes = self.num_classes
+        if self.ignore_index is None:
+            index, weight = target * num_classes + preds, torch.ones_like(target)
+        else:
+            valid = target != self.ignore_index
+            index, weight = (target * num_classes + preds).masked_fill(~valid, 0), valid.long()
+        self.confmat.view(-1).index_add_(0, index.flatten(), weight.flatten())
 
     def compute(self) -> dict:
         return scores_from_confmat(super().compute(), self.class_names)

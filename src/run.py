@@ -63,7 +63,7 @@ def sample_extras(loss) -> dict:
 def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
     """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule."""
     loss = instantiate(cfg.loss)
-    return SegmentationModule(
+    module = SegmentationModule(
         net=instantiate(cfg.model),
         loss=loss,
         optimizer=instantiate(cfg.optimizer),
@@ -74,6 +74,9 @@ def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
         run_config=OmegaConf.to_container(cfg, resolve=True),
         **OmegaConf.to_container(cfg.get("module") or OmegaConf.create({}), resolve=True),
     )
+    if cfg.get("trainer", {}).get("compile"):
+        module.net.compile()  # in place: parameter names, checkpoints and the module's API stay as they are
+    return module
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
@@ -81,7 +84,9 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     if not loggers:  # `logger=none`: LearningRateMonitor would stop the run ("Cannot use ... without a logger")
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("compile", None)  # the template's option (build_module), not the Trainer's
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
 
 
 def finish_loggers(trainer) -> None:

@@ -30,7 +30,7 @@ class IndependentScores(Callback):
         mask = batch["mask"]
         if logits.shape[-2:] != mask.shape[-2:]:
             logits = F.interpolate(logits.float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        pred, gt = logits.argmax(1).cpu().numpy().ravel(), mask.cpu().numpy().ravel()
+        pred, gt = logits.argmax(1).cpu().numpy().ravel(), mask.cpu().numpy().ravel().astype(np.int64)
         c = pl_module.hparams.num_classes
         keep = gt != pl_module.hparams.ignore_index
         confmat = np.bincount(gt[keep] * c + pred[keep], minlength=c * c).reshape(c, c)

@@ -45,3 +45,40 @@ def test_losses_benchmark_writes_its_table(tmp_path):
     assert [r["loss"] for r in results["rows"]] == ["ce", "ce_median_frequency"]
     assert (tmp_path / "class_weights_synthetic_median_frequency.json").is_file()
     assert "| ce |" in out.stdout
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_benchmark_prints_both_sides_and_the_ratio(capsys):
+    result = load_benchmark("step").main(
+        ["steps=6", "warmup=1", "reps=1", "model.base_channels=4", "model.depth=1", "data.image_size=32"]
+    )
+    out = capsys.readouterr().out
+    assert result["bare_ms"] > 0 and result["template_ms"] > 0 and result["ratio"] > 0
+    assert "| all 4 steps |" in out and "template / bare = " in out
+
+
+def test_data_benchmark_prints_the_decode_floor_and_the_ratio(tmp_path, capsys):
+    from tests.fake_data import write_camvid
+
+    fake = write_camvid(tmp_path / "data")
+    result = load_benchmark("data").main(
+        [
+            "batches=2",
+            "workers=0",
+            "reps=1",
+            "data=camvid",
+            f"data.data_dir={fake.root}",
+            "data.batch_size=2",
+            "data.crop_size=[32,32]",
+            "data.scale=[48,36]",
+            "data.num_workers=0",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert result["floor"] > 0 and result["ratio"] > 0 and "loader / decode floor = " in out

@@ -130,10 +130,12 @@ def test_labels_pixel_by_pixel_and_tensors(case, tmp_path):
             want = expected(fake.raw[path], path)
             assert image.dtype == np.uint8 and image.shape == want.shape + (3,)
             np.testing.assert_array_equal(labels, want, err_msg=path)
-            # evaluation samples: float image (3,H,W), long mask at the original size, labels untouched
+            # evaluation samples: uint8 image (3,H,W) that the device normalises, the mask at the original size,
+            # labels untouched
             sample = dm.dataset("val")[i] if split == "val" else None
             if sample is not None:
-                assert sample["image"].dtype == torch.float32 and sample["image"].shape[0] == 3
+                assert sample["image"].dtype == torch.uint8 and sample["image"].shape[0] == 3
+                assert dm.network_input(sample["image"][None]).dtype == torch.float32
                 assert sample["mask"].dtype == torch.long
                 assert torch.equal(sample["mask"], torch.from_numpy(want).long())
     if case == "cityscapes":  # the train ids files win over the label ids when both exist
@@ -146,9 +148,10 @@ def test_labels_pixel_by_pixel_and_tensors(case, tmp_path):
         assert len(dm.dataset("train")) == 8 and len(dm.dataset("val")) == 2
         assert not set(dm.dataset("train").images.tolist()) & set(dm.dataset("val").images.tolist())
 
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.float32
-    assert batch["mask"].shape == (2, 32, 32) and batch["mask"].dtype == torch.long
+    batch = next(iter(dm.train_dataloader()))  # uint8 out of the workers, normalised once on the device
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.uint8
+    assert dm.on_after_batch_transfer(batch, 0)["image"].dtype == torch.float32
+    assert batch["mask"].shape == (2, 32, 32) and batch["mask"].dtype == torch.uint8  # uint8 until the loss
     values = set(batch["mask"].unique().tolist())
     assert values <= set(range(dm.num_classes)) | {255}
 
@@ -163,7 +166,8 @@ def test_evaluation_resizes_the_image_only(tmp_path):
 
 @pytest.mark.parametrize("name", ["ade20k", "cityscapes", "voc", "camvid", "folder"])
 def test_training_pipeline_pads_masks_with_the_ignore_index(name, tmp_path):
-    """An image smaller than the crop is padded: image with 0 (the mean after Normalize), mask with 255, never 0."""
+    """An image smaller than the crop is padded: image with the mean colour (0 once normalised on the device), mask
+    with 255, never 0."""
     overrides = ["data.crop_size=[64,64]"] + ([] if name == "folder" else ["data.scale=[16,16]"])
     cfg = compose_config("train", [f"data={name}", *overrides], tmp_path / "c")
     transform = hydra.utils.instantiate(cfg.data.train_transform)
@@ -172,7 +176,7 @@ def test_training_pipeline_pads_masks_with_the_ignore_index(name, tmp_path):
         out = transform(image=np.full((12, 12, 3), 200, np.uint8), mask=np.ones((12, 12), np.uint8))
         mask, image = out["mask"], out["image"]
         assert mask.shape == (64, 64) and set(np.unique(mask).tolist()) == {1, 255}
-        assert (image[mask == 255] == 0).all()
+        assert image.dtype == np.uint8 and (image[mask == 255] == [124, 116, 104]).all()
 
 
 def test_file_datasets_share_one_training_pipeline(tmp_path):

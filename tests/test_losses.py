@@ -377,7 +377,7 @@ def test_unet_boundary_training_batch_carries_its_map_and_weights_the_loss(train
     the module hands it to the loss, and the value is the map-weighted mean, not plain cross-entropy."""
     datamodule, module = small_run(train_cfg, "loss=unet_boundary")
     assert set(datamodule.sample_extras) == {"weight"} and module.loss_keys == ("weight",)
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     weight, mask = batch["weight"], batch["mask"]
     assert weight.shape == mask.shape and weight.max() > 2.0  # 1 + the border term between nearby shapes
     for k in range(len(mask)):  # the map of each augmented training mask
@@ -386,7 +386,7 @@ def test_unet_boundary_training_batch_carries_its_map_and_weights_the_loss(train
     logits = module(batch["image"]).double()
     value = module._loss(logits, batch, "train").item()
     plain = CrossEntropy()(logits, mask)["loss"].item()
-    ce = torch.nn.functional.cross_entropy(logits, mask, ignore_index=IGNORE, reduction="none")
+    ce = torch.nn.functional.cross_entropy(logits, mask.long(), ignore_index=IGNORE, reduction="none")
     expected = ((weight * ce).sum() / weight[mask != IGNORE].sum()).item()
     assert value == pytest.approx(expected, rel=1e-6)
     assert abs(value - plain) > 1e-3 * plain, (value, plain)

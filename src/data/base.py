@@ -16,11 +16,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from src.data.device import IMAGENET_MEAN, IMAGENET_STD, BatchTransform
 from src.errors import DataError, UserError
 
 
 class SegDataset(Dataset):
-    """A sample is `{"image": float (3,H,W), "mask": long (H,W)}` after `transform`.
+    """A sample is `{"image": uint8 (3,H,W), "mask": (H,W)}` after `transform` (plus `"seed"`, an int, when indexed
+    by `EpochSampler` for training). Masks are `mask_dtype`: uint8 when every label fits (the DataModule sets it),
+    made `long` by the loss and the metrics.
 
     `load(i)` returns the raw pair: an RGB uint8 array (H,W,3) and an integer mask (H,W) already in training labels
     (0..C-1, ignore index elsewhere). Label conventions of each dataset are applied inside `load`, once.
@@ -33,6 +36,8 @@ class SegDataset(Dataset):
         # `sample_extras` it was built with
         self.extras: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
+    mask_dtype = np.int64
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
@@ -40,14 +45,21 @@ class SegDataset(Dataset):
         if isinstance(index, tuple):  # (index, augmentation seed) from EpochSampler
             index, seed = index
             reseed_transform(self.transform, seed)
+        else:
+            seed = None
         image, mask = self.load(index)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+        # uint8 stays uint8 (normalised on the device: src/data/device.py); a pipeline that normalised on the
+        # host hands over float32
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        if image.dtype == torch.uint8:  # a pipeline without Normalize
-            image = image.float().div_(255.0)
-        sample = {"image": image.float(), "mask": torch.from_numpy(np.ascontiguousarray(mask)).long()}
+        sample = {
+            "image": image if image.dtype == torch.uint8 else image.float(),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=self.mask_dtype)),
+        }
+        if seed is not None:  # the device-side augmentations of this sample draw from it too
+            sample["seed"] = seed
         for name, fn in self.extras.items():
             sample[name] = torch.from_numpy(np.ascontiguousarray(fn(mask)))
         return sample
@@ -154,6 +166,9 @@ class SegDataModule(L.LightningDataModule):
         train_transform / eval_transform: albumentations pipelines (instantiated by Hydra from config).
         batch_size / eval_batch_size: samples per device and step.
         num_workers: DataLoader worker processes.
+        mean, std, photometric: the device-side batch transform (`src.data.device.BatchTransform`): normalisation
+            (per channel, of images in [0, 1]) and the photometric distortion of training batches (ColorJitter's
+            brightness, contrast, saturation, hue, p; None: none), run in `on_after_batch_transfer`.
         seed: seeds the epoch-wise shuffle.
         sample_extras: name -> fn(training mask after the pipeline) -> per-pixel array, added to every training
             sample under that name (computed in the DataLoader workers), e.g. the boundary weight map of
@@ -176,6 +191,9 @@ class SegDataModule(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        photometric: dict | None = None,
         pin_memory: bool = False,
         seed: int = 0,
         palette: Sequence[Sequence[int]] | None = None,
@@ -204,6 +222,7 @@ class SegDataModule(L.LightningDataModule):
         self.ignore_index = ignore_index
         self.palette = [list(c) for c in palette] if palette is not None else None
         self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_transform = BatchTransform(mean, std, photometric)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
@@ -251,6 +270,7 @@ class SegDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         data = self.dataset(split)
+        data.mask_dtype = np.uint8 if max(self.num_classes - 1, self.ignore_index) <= 255 else np.int64
         return DataLoader(
             data,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -261,6 +281,20 @@ class SegDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
+
+    def network_input(self, images: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 images (N,3,H,W), on any device -> the network's input (normalised float32): what training,
+        evaluation and inference feed the network. With `seeds` (one per image), also the photometric distortion
+        of training."""
+        return self.batch_transform(images, seeds)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning calls this on every batch once it is on the device: the device-side transform runs here
+        (training batches carry their samples' seeds; they are consumed here)."""
+        if isinstance(batch, dict) and "image" in batch:
+            batch = dict(batch)
+            batch["image"] = self.network_input(batch["image"], batch.pop("seed", None))
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

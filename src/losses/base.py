@@ -38,6 +38,7 @@ class SegLoss(nn.Module):
 
     def value(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The scalar loss (what a weighted sum adds up)."""
+        target = target.long()  # batches carry uint8 masks
         if not (target != self.ignore_index).any():
             return logits.sum() * 0.0  # nothing labelled: zero value, zero gradient (not NaN)
         return self.compute(logits, target, weight)

@@ -54,7 +54,17 @@ class CrossEntropy(SegLoss):
         # torch has already multiplied ce by the class weight; the mean divides by the weights' sum
         return ce, class_weights[target.masked_fill(~valid, 0)] * valid
 
+    def value(self, logits, target, weight=None):
+        # no test for "nothing labelled" (a host-device synchronisation per step): the weighted mean below is
+        # already 0, with zero gradient, when every pixel is ignored; batches carry uint8 masks
+        return self.compute(logits, target.long(), weight)
+
     def compute(self, logits, target, weight):
+        if weight is None and self.class_weights is None:  # the plain mean, in one call
+            total = F.cross_entropy(
+                logits, target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, reduction="sum"
+            )
+            return total / (target != self.ignore_index).sum().clamp_min(1)
         losses, weights = self.pixel_losses(logits, target, weight)
         return losses.sum() / weights.sum().clamp_min(torch.finfo(losses.dtype).tiny)
 

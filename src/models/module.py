@@ -1,7 +1,7 @@
 """The one LightningModule every architecture trains under.
 
 It takes a network (logits at input size), a loss, an optimizer factory and a schedule factory, all built by Hydra
-from config, and logs the same things for every architecture: `train/loss` (and each loss term), and per
+from config, and logs the same things for every architecture: `train/loss` (and the terms of a weighted sum), and per
 evaluation `val/` or `test/` + mIoU, aAcc, mAcc, fwIoU, mDice, mF1 and per-class IoU, all from one confusion
 matrix (src/metrics.py). `predict_step` returns label maps (N,H,W).
 """
@@ -34,7 +34,8 @@ class SegmentationModule(L.LightningModule):
     scheduler: `scheduler(optimizer, total_steps=...)` -> a per-step LR scheduler, or None.
     num_classes, class_names, ignore_index: from the dataset config.
     head_lr_mult, norm_weight_decay, no_decay_keys, layer_decay: parameter-group settings (src/models/optim.py).
-    train_metrics: also accumulate a confusion matrix on training batches (costs an argmax per step).
+    train_metrics: also accumulate a confusion matrix on training batches (an argmax and a scatter-add per step,
+        about 1% of a step of the default run; benchmarks/step.py).
     channels_last: run the network in channels-last memory layout (faster convolutions with oneDNN on CPUs and
         with tensor cores on GPUs under mixed precision).
     """
@@ -98,10 +99,14 @@ class SegmentationModule(L.LightningModule):
         out = self.loss(logits, batch["mask"], **extras)
         terms = out if isinstance(out, dict) else {"loss": out}
         on_step = stage == "train"
-        for name, value in terms.items():
+        # a single loss's one term is the total: logged once, as <stage>/loss (each self.log costs Python time in
+        # every step); the terms of a weighted sum are logged beside it. Values stay on the device: Lightning reads
+        # them when it writes the logs (every trainer.log_every_n_steps) and the progress bar at its own interval.
+        names = [name for name in terms if name != "loss"]
+        for name in ["loss"] + (names if len(names) > 1 else []):
             self.log(
                 f"{stage}/{name}",
-                value,
+                terms[name],
                 on_step=on_step,
                 on_epoch=True,
                 prog_bar=name == "loss",
@@ -114,7 +119,7 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         loss = self._loss(logits, batch, "train")
         if self.hparams.train_metrics:
-            self.metrics["train_"].update(logits.detach().argmax(1), batch["mask"])
+            self.metrics["train_"].update(logits.detach(), batch["mask"])
         return loss
 
     def _eval_step(self, batch, stage: str):
@@ -122,7 +127,7 @@ class SegmentationModule(L.LightningModule):
         if logits.shape[-2:] != batch["mask"].shape[-2:]:  # image resized for evaluation, mask at full size
             logits = F.interpolate(logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
         self._loss(logits, batch, stage)
-        self.metrics[f"{stage}_"].update(logits.argmax(1), batch["mask"])
+        self.metrics[f"{stage}_"].update(logits, batch["mask"])
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
