@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError, existing_file
 from src.models.module import SegmentationModule
+from src.utils.io import AtomicCheckpointIO
 
 
 def instantiate(cfg, **kwargs):
@@ -77,7 +78,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     if not loggers:  # `logger=none`: LearningRateMonitor would stop the run ("Cannot use ... without a logger")
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # checkpoints written beside their final name and renamed: complete or absent, never truncated
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def finish_loggers(trainer) -> None:

@@ -7,6 +7,7 @@ truncated one: the rename (`os.replace`) is atomic on one file system. Checkpoin
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
@@ -64,4 +65,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options")
-        _write_via_temp(Path(path), lambda f: torch.save(checkpoint, f))
+        buffer = io.BytesIO()  # serialised first (as Lightning does): a failing write is then a plain OSError
+        torch.save(checkpoint, buffer)
+        _write_via_temp(Path(path), lambda f: f.write(buffer.getbuffer()))

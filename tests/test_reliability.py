@@ -1,0 +1,257 @@
+"""Reliability: nothing a user has is overwritten or half-written, and every mistake is one named line, exit 2.
+
+Each test reproduces one case on data, folders or checkpoints it writes itself and checks the exit status, the
+named file or key, that no traceback is printed and, where earlier results exist, that they are byte-identical.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.errors import UserError
+from src.utils import io as io_mod
+from src.utils.io import AtomicCheckpointIO, atomic_write, write_json_new
+from src.utils.rundir import claim_dir
+from tests.conftest import FAST, ROOT
+
+QUIET = ["logger=none"]
+
+
+def run(module: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_line_error(out: subprocess.CompletedProcess, *named: str, status: int = 2) -> str:
+    """The run stopped with `status`, no traceback, and an `error:` line naming every string of `named`."""
+    assert out.returncode == status, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, out.stderr[-3000:]
+    for text in named:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def fake_run_folder(folder: Path) -> dict[str, str]:
+    """A finished run's folder (config, checkpoints, metrics, csv); returns its file hashes."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (folder / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(os.urandom(256))
+    (folder / "metrics.json").write_text('{"mIoU": 0.5}')
+    (folder / "csv").mkdir()
+    (folder / "csv" / "metrics.csv").write_text("epoch,val/mIoU\n0,0.5\n")
+    return hashes(folder)
+
+
+# ---------------------------------------------------------------- never lose or corrupt what exists
+
+
+# same second for both processes: Hydra's ${now:...} is patched to a fixed time, so the folder names collide
+SAME_SECOND = (
+    "import datetime, runpy, sys, hydra.core.utils as u\n"
+    "class Fixed(datetime.datetime):\n"
+    "    @classmethod\n"
+    "    def now(cls, tz=None): return cls(2001, 2, 3, 4, 5, 6)\n"
+    "u.datetime = Fixed\n"
+    "sys.argv = ['src.train', *sys.argv[1:]]\n"
+    "runpy.run_module('src.train', run_name='__main__')\n"
+)
+
+
+def test_two_runs_started_together_get_two_folders(tmp_path):
+    args = [*FAST, *QUIET, "debug=fast_dev_run", f"paths.log_dir={tmp_path}"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SAME_SECOND, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = sorted((tmp_path / "train" / "runs").iterdir())
+    assert [r.name for r in runs] == ["2001-02-03_04-05-06", "2001-02-03_04-05-06_1"]
+    for r in runs:  # each run wrote its own config, log and metrics into its own folder
+        assert (r / ".hydra" / "config.yaml").is_file() and (r / "metrics.json").is_file()
+        assert str(r) in (r / ".hydra" / "hydra.yaml").read_text()
+
+
+def test_refused_run_writes_nothing_into_the_earlier_run(tmp_path):
+    earlier = tmp_path / "run"
+    before = fake_run_folder(earlier)
+    out = run("src.train", *FAST, *QUIET, f"hydra.run.dir={earlier}", timeout=120)
+    one_line_error(out, str(earlier), "nothing is overwritten")
+    assert hashes(earlier) == before
+
+
+def test_eval_never_writes_into_a_training_run(tmp_path):
+    earlier = tmp_path / "run"
+    before = fake_run_folder(earlier)
+    out = run("src.eval", f"ckpt_path={earlier}/checkpoints/last.ckpt", f"hydra.run.dir={earlier}", timeout=120)
+    one_line_error(out, str(earlier), "nothing is overwritten")
+    assert hashes(earlier) == before
+
+
+def test_claim_dir_suffixes_a_taken_timestamp_and_refuses_a_used_explicit_folder(tmp_path):
+    base = tmp_path / "runs" / "2001-01-01_00-00-00"
+    assert claim_dir(base, explicit=False) == base
+    (base / "metrics.json").write_text("{}")
+    assert claim_dir(base, explicit=False) == base.with_name(base.name + "_1")
+    assert claim_dir(base, explicit=False) == base.with_name(base.name + "_2")
+    with pytest.raises(UserError, match="already holds another run"):
+        claim_dir(base, explicit=True)
+    assert claim_dir(base, explicit=True, resume=True) == base  # ckpt_path=auto continues its own run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert claim_dir(empty, explicit=True) == empty
+
+
+def test_run_folder_under_a_file_is_named(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = run("src.train", *FAST, *QUIET, f"hydra.run.dir={tmp_path}/afile/run", timeout=120)
+    one_line_error(out, f"{tmp_path}/afile is a file")
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_run_folder_that_cannot_be_created_is_named(tmp_path, monkeypatch, code):
+    def refuse(path, *a, **k):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(UserError, match=f"{tmp_path}/run: the run folder cannot be created .*{os.strerror(code)}"):
+        claim_dir(tmp_path / "run", explicit=False)
+
+
+def test_full_disk_run_folder_is_refused_before_training(tmp_path, monkeypatch):
+    real_open = open
+
+    def full(path, mode="r", *a, **k):
+        if "w" in mode and str(path).endswith(".write_test"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(UserError, match=f"{tmp_path}/run: cannot write into the run folder .No space left on device"):
+        claim_dir(tmp_path / "run", explicit=False)
+
+
+def fill_disk_after(monkeypatch, n_bytes: int):
+    """Writes through io's temporary files fail with ENOSPC after `n_bytes` (a disk that fills up mid-write)."""
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.left = f, n_bytes
+
+        def write(self, b):
+            if len(b) > self.left:
+                self.f.write(b[: self.left])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.left -= len(b)
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if str(path).endswith(".tmp") else f
+
+    monkeypatch.setattr(io_mod, "open", fake_open, raising=False)
+
+
+def test_full_disk_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.arange(10)}, "epoch": 1}, last)
+    before = hashes(last.parent)
+    fill_disk_after(monkeypatch, 100)
+    with pytest.raises(UserError, match=f"{last}: cannot be written .No space left on device.; the earlier file is"):
+        io.save_checkpoint({"state_dict": {"w": torch.arange(10_000)}, "epoch": 2}, last)
+    assert hashes(last.parent) == before  # no truncated file, no temporary left behind
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+
+
+def test_full_disk_leaves_metrics_json_whole(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    atomic_write(path, '{"mIoU": 0.5}')
+    fill_disk_after(monkeypatch, 3)
+    with pytest.raises(UserError, match="No space left on device"):
+        atomic_write(path, '{"mIoU": 0.75, "aAcc": 0.9}')
+    assert path.read_text() == '{"mIoU": 0.5}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_result_file_with_other_content_is_not_replaced(tmp_path):
+    path = tmp_path / "weights.json"
+    write_json_new(path, {"weights": [1, 2]}, "class-weight file", "Choose weights_file=...")
+    write_json_new(path, {"weights": [1, 2]}, "class-weight file", "Choose weights_file=...")  # same: fine
+    with pytest.raises(UserError, match=f"{path}: a class-weight file with other content.*weights_file="):
+        write_json_new(path, {"weights": [3, 4]}, "class-weight file", "Choose weights_file=...")
+    assert path.read_text() == '{\n  "weights": [\n    1,\n    2\n  ]\n}'
+
+
+def test_last_checkpoint_written_when_max_time_stops_before_any_validation(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run(
+        "src.train",
+        *FAST,
+        *QUIET,
+        "trainer.max_epochs=1000",
+        "trainer.check_val_every_n_epoch=1000",
+        "trainer.max_time=00:00:00:03",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] > 0 and "state_dict" in ckpt
+
+
+def test_sigterm_stops_cleanly_with_a_loadable_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*FAST, *QUIET, "trainer.max_epochs=1000", "data.num_workers=1", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout, stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"stopped: SIGTERM received during training; the latest weights are in {last}" in stderr
+    assert "state_dict" in torch.load(last, weights_only=False)
