@@ -8,6 +8,7 @@ utils); none of them imports it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import hydra
@@ -43,8 +44,63 @@ def instantiate_list(cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse values that cannot work, naming the key, before any data is read or any object is built.
+
+    Batch sizes, workers, the learning rate, the epoch budget of a training run, class-weight lists, and an
+    accelerator that is not there. Keys a config does not have (e.g. src.check's) are skipped.
+    """
+    data = cfg.get("data") or {}
+    for key in ("batch_size", "eval_batch_size"):
+        value = data.get(key)
+        if value is None and key == "eval_batch_size":
+            continue
+        if not _is_int(value) or value < 1:
+            raise UserError(f"data.{key}={value}: must be a whole number of at least 1 (images per device and step).")
+    workers = data.get("num_workers", 0)
+    if not _is_int(workers) or workers < 0:
+        raise UserError(f"data.num_workers={workers}: must be 0 (load in the main process) or more worker processes.")
+    lr = (cfg.get("optimizer") or {}).get("lr")
+    if "optimizer" in cfg and (not _is_number(lr) or lr <= 0):
+        raise UserError(f"optimizer.lr={lr}: must be a number above 0, e.g. optimizer.lr=1e-3.")
+    trainer = cfg.get("trainer") or {}
+    epochs = trainer.get("max_epochs")
+    if epochs is not None and (not _is_int(epochs) or epochs < -1):
+        raise UserError(f"trainer.max_epochs={epochs}: must be a whole number (-1: no limit).")
+    if cfg.get("task_name") == "train" and epochs == 0 and (trainer.get("max_steps") or -1) <= 0:
+        raise UserError(
+            "trainer.max_epochs=0: nothing would be trained. Give trainer.max_epochs=1 or more; to score a "
+            "checkpoint use python -m src.eval ckpt_path=PATH."
+        )
+    loss = cfg.get("loss") or {}
+    for where, node in [("loss", loss)] + [(f"loss.terms.{k}", v) for k, v in (loss.get("terms") or {}).items()]:
+        weights = node.get("class_weights") if hasattr(node, "get") else None
+        if OmegaConf.is_list(weights) and not all(_is_number(w) for w in weights):
+            raise UserError(f"{where}.class_weights={list(weights)}: every weight must be a number, one per class.")
+    accelerator = str(trainer.get("accelerator", ""))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"trainer.accelerator={accelerator}: no GPU is visible to PyTorch (torch.cuda.is_available() is "
+                "False; check nvidia-smi and CUDA_VISIBLE_DEVICES). To run on the CPU: trainer=cpu."
+            )
+
+
 def build_datamodule(cfg: DictConfig, validate: bool = True):
-    """The DataModule of `cfg.data`; with `validate`, its files are checked before anything else happens."""
+    """The DataModule of `cfg.data`; with `validate`, its files are checked before anything else happens.
+
+    The config's values are checked first (`check_config`): this is the first thing every entry point builds."""
+    check_config(cfg)
     datamodule = instantiate(cfg.data, _convert_="partial")
     if validate:
         datamodule.validate()

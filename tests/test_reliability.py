@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -255,3 +256,55 @@ def test_sigterm_stops_cleanly_with_a_loadable_last_checkpoint(tmp_path):
     last = run_dir / "checkpoints" / "last.ckpt"
     assert f"stopped: SIGTERM received during training; the latest weights are in {last}" in stderr
     assert "state_dict" in torch.load(last, weights_only=False)
+
+
+# ---------------------------------------------------------------- numbers that cannot work, named before any data
+
+
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("data.batch_size=-4", "data.batch_size=-4"),
+        ("data.batch_size=1.5", "data.batch_size=1.5"),
+        ("data.batch_size=abc", "data.batch_size=abc"),
+        ("+data.eval_batch_size=0", "data.eval_batch_size=0"),
+        ("data.num_workers=-1", "data.num_workers=-1"),
+        ("optimizer.lr=0", "optimizer.lr=0"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: nothing would be trained"),
+        ("loss.class_weights=[1,a,1,1,1,1]", "loss.class_weights=[1, 'a', 1, 1, 1, 1]"),
+    ],
+)
+def test_impossible_numbers_are_named_before_any_data(train_cfg, monkeypatch, override, named):
+    from src import run as run_mod
+    from src.train import train
+
+    def no_data(*a, **k):
+        raise AssertionError("data was built before the config was checked")
+
+    monkeypatch.setattr(run_mod, "instantiate", no_data)
+    with pytest.raises(UserError, match=re.escape(named)):
+        train(train_cfg(override))
+
+
+def test_impossible_number_exits_2_without_traceback(tmp_path):
+    out = run("src.train", *FAST, *QUIET, "data.batch_size=0", f"hydra.run.dir={tmp_path}/run", timeout=120)
+    one_line_error(out, "data.batch_size=0", "whole number of at least 1")
+
+
+def test_class_weight_file_with_a_non_number_is_named(tmp_path):
+    from src.losses.base import load_class_weights
+
+    path = tmp_path / "w.json"
+    path.write_text('{"weights": [1, "x", 1]}')
+    with pytest.raises(UserError, match=f"class-weight file {path}.*not a number"):
+        load_class_weights(str(path), 3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_without_gpu_says_how_to_run_on_cpu(tmp_path):
+    out = run(
+        "src.train", *FAST[:-4], "trainer=gpu", *QUIET, "extras.print_config=false", f"hydra.run.dir={tmp_path}/r"
+    )
+    one_line_error(out, "trainer.accelerator=gpu: no GPU is visible", "trainer=cpu")
