@@ -168,11 +168,63 @@ def check_fresh_output(output_dir: str | Path) -> None:
         )
 
 
-def stored_run_config(ckpt_path: Path) -> DictConfig:
-    """The resolved training config stored in a checkpoint of this template."""
+def load_checkpoint(ckpt_path: Path, key: str = "ckpt_path") -> dict:
+    """The checkpoint at `ckpt_path` on the CPU; a file that is not one (or is truncated) is a UserError."""
     import torch
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, not a pickle, another format: torch raises many kinds
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{key}={ckpt_path}: not a readable checkpoint ({reason[:160]}); it may be truncated (an interrupted "
+            "copy or a full disk). Use another checkpoint of that run, e.g. last.ckpt or the epoch*.ckpt beside it."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(
+            f"{key}={ckpt_path}: not a Lightning checkpoint (no state_dict); a plain weights file goes into "
+            "model.pretrained=PATH instead."
+        )
+    return ckpt
+
+
+def check_weights_fit(ckpt: dict, ckpt_path: Path, module, fix: str, key: str = "ckpt_path") -> None:
+    """Refuse a checkpoint whose tensors do not fit `module` (another model or another number of classes), with
+    the first differing tensors named and `fix` (what to run instead)."""
+    ours = module.state_dict()
+    theirs = ckpt["state_dict"]
+    shapes = [
+        f"{k}: {list(theirs[k].shape)} in the checkpoint, {list(v.shape)} here"
+        for k, v in ours.items()
+        if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
+    missing = [k for k in ours if k not in theirs]
+    if shapes or missing:
+        what = "; ".join(shapes[:2]) if shapes else f"missing {', '.join(missing[:2])}"
+        count = f"{len(shapes)} tensor(s) of another shape, {len(missing)} missing"
+        raise UserError(f"{key}={ckpt_path} does not fit this model and data ({count}: {what}). {fix}")
+
+
+def check_resume(cfg: DictConfig, ckpt_path: Path, module) -> None:
+    """Refuse to resume from a checkpoint of another model or dataset (Lightning would stop with a long
+    size-mismatch traceback, or carry on with another dataset's optimizer state)."""
+    ckpt = load_checkpoint(ckpt_path)
+    fix = (
+        f"Resuming needs the model and data of that run (its settings: {ckpt_path.parent.parent}/.hydra/config.yaml)."
+        f" To start a new run from its weights: model.pretrained={ckpt_path} (with model.skip_mismatched=true for a "
+        "head with another number of classes)."
+    )
+    stored = ckpt.get("run_config") or {}
+    for group in ("model", "data"):
+        theirs, ours = (stored.get(group) or {}).get("_target_"), cfg[group].get("_target_")
+        if theirs and theirs != ours:
+            raise UserError(f"ckpt_path={ckpt_path} is a run of {group} {theirs}, this run's is {ours}. {fix}")
+    check_weights_fit(ckpt, ckpt_path, module, fix)
+
+
+def stored_run_config(ckpt_path: Path, ckpt: dict | None = None) -> DictConfig:
+    """The resolved training config stored in a checkpoint of this template."""
+    ckpt = ckpt if ckpt is not None else load_checkpoint(ckpt_path)
     if "run_config" not in ckpt:
         raise UserError(
             f"{ckpt_path} holds no run config: it was not written by src.train of this template. "

@@ -16,7 +16,15 @@ from omegaconf import DictConfig
 
 from src.data.base import EpochSeed
 from src.errors import Stopped, exit_on_user_error
-from src.run import build_datamodule, build_module, build_trainer, check_ckpt, check_fresh_output, finish_loggers
+from src.run import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    check_ckpt,
+    check_fresh_output,
+    check_resume,
+    finish_loggers,
+)
 from src.utils.report import print_config, print_scores, write_metrics
 
 
@@ -31,6 +39,8 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
+    if ckpt_path is not None:
+        check_resume(cfg, ckpt_path, module)
     trainer = build_trainer(cfg, extra_callbacks=[EpochSeed(cfg.seed)])
 
     try:

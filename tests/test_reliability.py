@@ -308,3 +308,123 @@ def test_gpu_trainer_without_gpu_says_how_to_run_on_cpu(tmp_path):
         "src.train", *FAST[:-4], "trainer=gpu", *QUIET, "extras.print_config=false", f"hydra.run.dir={tmp_path}/r"
     )
     one_line_error(out, "trainer.accelerator=gpu: no GPU is visible", "trainer=cpu")
+
+
+# ---------------------------------------------------------------- checkpoints: eval and resume
+
+
+def folder_args(root: Path, classes: int = 3) -> list[str]:
+    """FAST's model and trainer on a folder dataset of `classes` classes."""
+    return [a for a in FAST if not a.startswith("data.")] + folder_data(root, classes)
+
+
+def folder_data(root: Path, classes: int = 3) -> list[str]:
+    names = ",".join("abcdefgh"[:classes])
+    return [
+        "data=folder",
+        f"data.data_dir={root}",
+        f"data.num_classes={classes}",
+        f"data.class_names=[{names}]",
+        "data.palette=null",
+        "data.crop_size=[32,32]",
+        "data.num_workers=0",
+        "data.batch_size=2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """One epoch on a tiny folder dataset (3 classes): (data root, last.ckpt)."""
+    from src.train import train
+    from tests.conftest import compose_config
+    from tests.fake_data import write_folder
+
+    tmp = tmp_path_factory.mktemp("folder_run")
+    root = write_folder(tmp).root
+    cfg = compose_config("train", [*QUIET, *folder_args(root), "test=false"], tmp / "run")
+    train(cfg)
+    return root, tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def eval_cfg(tmp_path: Path, *overrides: str):
+    from tests.conftest import compose_config
+
+    return compose_config("eval", ["logger=none", "trainer.accelerator=cpu", *overrides], tmp_path / "eval")
+
+
+def test_eval_without_ckpt_path_says_how(tmp_path):
+    out = run("src.eval", f"hydra.run.dir={tmp_path}/run", timeout=120)
+    one_line_error(out, "ckpt_path is missing", "python -m src.eval ckpt_path=")
+
+
+def test_eval_of_a_file_that_is_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "notes.ckpt"
+    bad.write_text("these are my notes, not weights")
+    out = run("src.eval", f"ckpt_path={bad}", f"hydra.run.dir={tmp_path}/run", timeout=120)
+    one_line_error(out, f"ckpt_path={bad}: not a readable checkpoint")
+
+
+def test_eval_of_a_truncated_checkpoint(tmp_path, folder_run):
+    from src.eval import evaluate
+
+    _, last = folder_run
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(UserError, match=f"ckpt_path={cut}: not a readable checkpoint.*truncated"):
+        evaluate(eval_cfg(tmp_path, f"ckpt_path={cut}"))
+
+
+def test_eval_on_data_with_another_number_of_classes(tmp_path, folder_run):
+    from src.eval import evaluate
+
+    root, last = folder_run
+    cfg = eval_cfg(tmp_path, f"ckpt_path={last}", *folder_data(root, classes=4))
+    with pytest.raises(
+        UserError,
+        match=f"ckpt_path={last} does not fit this data.*trained on 3 classes, the data has 4.*skip_mismatched=true",
+    ):
+        evaluate(cfg)
+
+
+def test_eval_split_test_without_a_test_split(tmp_path, folder_run):
+    from src.eval import evaluate
+
+    _, last = folder_run
+    with pytest.raises(UserError, match="split=test: FolderDataModule has no labelled test split.*split=val"):
+        evaluate(eval_cfg(tmp_path, f"ckpt_path={last}", "split=test"))
+
+
+def test_eval_after_the_dataset_moved_gives_a_command_that_works(tmp_path, folder_run):
+    import shutil
+
+    from src.errors import DataError
+    from src.eval import evaluate
+
+    root, last = folder_run
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    shutil.move(root, root.with_name("gone"))
+    try:
+        with pytest.raises(DataError, match=f"python -m src.eval ckpt_path={last} data_dir=<its new folder>"):
+            evaluate(eval_cfg(tmp_path, f"ckpt_path={last}"))
+        scores = evaluate(eval_cfg(tmp_path / "again", f"ckpt_path={last}", f"data_dir={moved}"))
+        assert 0 <= scores["mIoU"] <= 1
+    finally:
+        shutil.move(root.with_name("gone"), root)
+
+
+def test_resume_with_another_model_points_to_pretrained(train_cfg, folder_run):
+    from src.train import train
+
+    root, last = folder_run
+    cfg = train_cfg(*QUIET, *folder_args(root), "model.base_channels=16", f"ckpt_path={last}", fast=False)
+    with pytest.raises(UserError, match=f"ckpt_path={last} does not fit.*model.pretrained={last}.*skip_mismatched"):
+        train(cfg)
+
+
+def test_resume_with_another_dataset_points_to_pretrained(train_cfg, folder_run):
+    from src.train import train
+
+    _, last = folder_run
+    with pytest.raises(UserError, match=f"ckpt_path={last} is a run of data src.data.folder.*model.pretrained="):
+        train(train_cfg(*QUIET, f"ckpt_path={last}"))

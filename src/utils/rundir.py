@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src.errors import UserError
 
@@ -122,7 +122,7 @@ class ClaimRunDir(Callback):
             folder = claim_dir(
                 os.path.abspath(str(config.hydra[mode].dir)),
                 explicit=_given(config, key),
-                resume=str(config.get("ckpt_path")) == "auto",
+                resume=str(OmegaConf.select(config, "ckpt_path", default=None, throw_on_missing=False)) == "auto",
             )
         except UserError as err:  # Hydra would print a traceback and exit 1: say it in one line, exit 2
             print(f"error: {err}", file=sys.stderr)
