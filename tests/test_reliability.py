@@ -98,7 +98,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path):
     runs = sorted((tmp_path / "train" / "runs").iterdir())
     assert [r.name for r in runs] == ["2001-02-03_04-05-06", "2001-02-03_04-05-06_1"]
     for r in runs:  # each run wrote its own config, log and metrics into its own folder
-        assert (r / ".hydra" / "config.yaml").is_file() and (r / "metrics.json").is_file()
+        assert (r / ".hydra" / "config.yaml").is_file() and "Seed set to" in (r / "train.log").read_text()
         assert str(r) in (r / ".hydra" / "hydra.yaml").read_text()
 
 
@@ -428,3 +428,17 @@ def test_resume_with_another_dataset_points_to_pretrained(train_cfg, folder_run)
     _, last = folder_run
     with pytest.raises(UserError, match=f"ckpt_path={last} is a run of data src.data.folder.*model.pretrained="):
         train(train_cfg(*QUIET, f"ckpt_path={last}"))
+
+
+# ---------------------------------------------------------------- what a run writes
+
+
+def test_fast_dev_run_writes_what_the_readme_says_and_train_log_holds_the_log(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    assert "the run folder holds\n  only `.hydra/`, `train.log` and the `metrics.json` of that one batch" in readme
+    run_dir = tmp_path / "run"
+    out = run("src.train", *FAST, "debug=fast_dev_run", f"hydra.run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "metrics.json", "train.log"]
+    log = (run_dir / "train.log").read_text()
+    assert "Seed set to 42" in log and "Running in `fast_dev_run` mode" in log
