@@ -14,7 +14,6 @@ writes class weights from the training split as JSON to `weights_file`:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from src.data.scan import FilesDataModule, ScanResult
 from src.data.stats import METHODS, class_weights, describe_sizes, describe_values, scan_all
 from src.errors import UserError, exit_on_user_error
 from src.run import build_datamodule
+from src.utils.io import write_json_new
 
 
 def check(cfg: DictConfig) -> int:
@@ -74,18 +74,17 @@ def check(cfg: DictConfig) -> int:
         if unseen:
             print(f"warning: weight 0 for the classes never seen: {', '.join(unseen)}")
         out = Path(cfg.weights_file)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps(
-                {
-                    "dataset": cfg.get("data_name") or dm.config_name,
-                    "method": method,
-                    "class_names": dm.class_names,
-                    "weights": [round(float(w), 6) for w in weights],
-                    "pixel_counts": [int(n) for n in train.pixel_counts],
-                },
-                indent=2,
-            )
+        write_json_new(  # whole or not at all; a different file already there is never replaced
+            out,
+            {
+                "dataset": cfg.get("data_name") or dm.config_name,
+                "method": method,
+                "class_names": dm.class_names,
+                "weights": [round(float(w), 6) for w in weights],
+                "pixel_counts": [int(n) for n in train.pixel_counts],
+            },
+            "class-weight file",
+            "Write to another file with weights_file=PATH (or delete this one to replace it).",
         )
         print(f"\n{method} class weights written to {out}")
         for name, w in zip(dm.class_names, weights):

@@ -442,3 +442,18 @@ def test_fast_dev_run_writes_what_the_readme_says_and_train_log_holds_the_log(tm
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "metrics.json", "train.log"]
     log = (run_dir / "train.log").read_text()
     assert "Seed set to 42" in log and "Running in `fast_dev_run` mode" in log
+
+
+def test_class_weight_file_is_not_replaced_by_other_weights(tmp_path):
+    from src.check import check
+    from tests.conftest import compose_config
+    from tests.test_data_check import FOLDER_4, weights_data
+
+    root, out = weights_data(tmp_path), tmp_path / "w.json"
+    args = [*FOLDER_4, f"data.data_dir={root}", f"weights_file={out}", "workers=0"]
+    assert check(compose_config("check", [*args, "weights=inverse_log"], tmp_path / "c1")) == 0
+    before = out.read_bytes()
+    assert check(compose_config("check", [*args, "weights=inverse_log"], tmp_path / "c2")) == 0  # same: fine
+    with pytest.raises(UserError, match=f"{out}: a class-weight file with other content.*weights_file=PATH"):
+        check(compose_config("check", [*args, "weights=median_frequency"], tmp_path / "c3"))
+    assert out.read_bytes() == before
