@@ -39,6 +39,17 @@ def existing_file(path: str | Path | None, key: str, hint: str, kind: str = "fil
     return file
 
 
+def user_message(err: UserError) -> str:
+    """The message of `err`; one raised in a DataLoader worker comes back as "Caught DataError in DataLoader worker
+    process 0. Original Traceback ...: DataError: <message>": keep the message, drop the worker's traceback."""
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        marker = f"{type(err).__name__}: "
+        if marker in text:
+            text = text[text.rindex(marker) + len(marker) :].rstrip()
+    return text
+
+
 def exit_on_user_error(fn: Callable[..., T], *args) -> T:
     """Run an entry point; a user's mistake prints one line (`error: ...`) and exits with status 2, no traceback.
 
@@ -48,7 +59,7 @@ def exit_on_user_error(fn: Callable[..., T], *args) -> T:
     try:
         return fn(*args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err)}", file=sys.stderr)
         sys.exit(2)
     except Stopped as err:
         print(f"stopped: {err}", file=sys.stderr)

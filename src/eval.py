@@ -53,7 +53,7 @@ def evaluate(cfg: DictConfig) -> dict:
     try:
         datamodule = build_datamodule(stored)
     except DataError as err:
-        if cfg.get("data") is not None or "data_dir" not in stored.data:
+        if cfg.get("data") is not None or "data_dir" not in stored.data or Path(stored.data.data_dir).exists():
             raise
         raise DataError(
             f"{err}\nThe checkpoint's dataset was read from {stored.data.data_dir}; if it moved, evaluate with "

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -457,3 +458,137 @@ def test_class_weight_file_is_not_replaced_by_other_weights(tmp_path):
     with pytest.raises(UserError, match=f"{out}: a class-weight file with other content.*weights_file=PATH"):
         check(compose_config("check", [*args, "weights=median_frequency"], tmp_path / "c3"))
     assert out.read_bytes() == before
+
+
+# ---------------------------------------------------------------- src.check
+
+
+@pytest.mark.parametrize("args,named", [((), "data= is missing"), (("data=camvd",), "data=camvd: no such dataset")])
+def test_check_without_or_with_a_misspelt_dataset_exits_2(tmp_path, args, named):
+    out = run("src.check", *args, f"hydra.run.dir={tmp_path}/run", timeout=120)
+    one_line_error(out, named, "camvid")
+
+
+def test_worker_error_message_keeps_the_message_not_the_worker_traceback():
+    from src.errors import DataError, user_message
+
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in load\nsrc.errors.DataError: /d/masks/a.png: label values [40] outside 0..5\n'
+    )
+    assert user_message(wrapped) == "/d/masks/a.png: label values [40] outside 0..5"
+
+
+# ---------------------------------------------------------------- data: wrong numbers and bad files named
+
+
+def tiny_folder(root: Path, masks: dict[str, np.ndarray], split: str = "train") -> Path:
+    """images/<split>/<name>.png + masks/<split>/<name>.png (10x10), plus one plain val pair."""
+    from tests.fake_data import noise_image, save
+
+    for name, mask in {**masks}.items():
+        save(root / "images" / split / f"{name}.png", noise_image(0, *mask.shape))
+        save(root / "masks" / split / f"{name}.png", mask.astype(np.uint8))
+    save(root / "images" / "val" / "v.png", noise_image(1, 10, 10))
+    save(root / "masks" / "val" / "v.png", np.zeros((10, 10), np.uint8))
+    return root
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def check_cfg(tmp_path: Path, root: Path, classes: int = 3, *extra: str):
+    from tests.conftest import compose_config
+
+    names = ",".join("abcdefgh"[:classes])
+    args = ["data=folder", f"data.data_dir={root}", f"data.num_classes={classes}", f"data.class_names=[{names}]"]
+    return compose_config("check", [*args, "data.palette=null", "workers=0", *extra], tmp_path / "check")
+
+
+def test_black_white_masks_read_as_ignore_stop_training_with_the_values_hint(tmp_path, train_cfg):
+    from src.errors import DataError
+    from src.train import train
+
+    stripes = np.where(np.arange(100).reshape(10, 10) % 10 < 4, 255, 0)
+    root = tiny_folder(tmp_path / "bw", {"a": stripes, "b": stripes.T})
+    args = [a for a in folder_args(root, 2) if not a.startswith("data.class_names")]
+    with pytest.raises(DataError, match=r"only the values 0 and 255.*'data.values=\[0,255\]'"):
+        train(train_cfg(*QUIET, *args, fast=False))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before training
+    # and with data.values=[0,255] the same masks train: 255 is class 1
+    from src.run import build_datamodule
+
+    build_datamodule(train_cfg(*QUIET, *args, "data.values=[0,255]", run="ok", fast=False))
+
+
+def test_check_fails_on_a_dataset_without_pairs(tmp_path):
+    from src.check import check
+
+    root = tmp_path / "empty"
+    for sub in ("images/train", "images/val", "masks/train", "masks/val"):
+        (root / sub).mkdir(parents=True)
+    assert check(check_cfg(tmp_path, root)) == 1
+
+
+def test_check_names_truncated_images_and_masks_and_still_lists_the_rest(tmp_path, capsys):
+    from src.check import check
+
+    square = np.arange(100).reshape(10, 10) % 3
+    root = tiny_folder(tmp_path / "d", {n: square for n in ("a", "b", "c", "d")})
+    truncate(root / "images" / "train" / "a.png")
+    truncate(root / "masks" / "train" / "b.png")
+    from tests.fake_data import save
+
+    save(root / "masks" / "train" / "c.png", np.zeros((10, 12), np.uint8))  # another problem: size mismatch
+    assert check(check_cfg(tmp_path, root)) == 1
+    err = capsys.readouterr().err
+    assert f"{root}/images/train/a.png: cannot be decoded (truncated or corrupt" in err
+    assert f"{root}/masks/train/b.png: cannot" in err
+    assert f"{root}/masks/train/c.png: size 12x10 differs" in err
+
+
+def test_truncated_mask_in_training_is_named(tmp_path, train_cfg):
+    from src.train import train
+
+    square = np.arange(100).reshape(10, 10) % 3
+    root = tiny_folder(tmp_path / "d", {n: square for n in "abcdef"})
+    truncate(root / "masks" / "train" / "e.png")
+    with pytest.raises(UserError, match=f"{root}/masks/train/e.png: cannot be read"):
+        train(
+            train_cfg(*QUIET, *folder_args(root), "data.validate_masks=1", "trainer.num_sanity_val_steps=0", fast=False)
+        )
+
+
+def test_label_out_of_range_is_named_when_read_in_training_and_evaluation(tmp_path, train_cfg, folder_run):
+    from src.eval import evaluate
+    from src.train import train
+
+    square = np.arange(100).reshape(10, 10) % 3
+    bad = square.copy()
+    bad[0, 0] = 40
+    root = tiny_folder(tmp_path / "d", {"a": square, "b": square, "c": square, "d": bad, "e": square})
+    cfg = train_cfg(*QUIET, *folder_args(root), "data.validate_masks=1", "trainer.num_sanity_val_steps=0", fast=False)
+    with pytest.raises(UserError, match=rf"{root}/masks/train/d.png: label values \[40\] outside the allowed 0..2"):
+        train(cfg)
+    _, last = folder_run  # evaluation reads masks the same way
+    from tests.fake_data import save
+
+    save(root / "masks" / "train" / "d.png", square.astype(np.uint8))
+    save(root / "masks" / "val" / "v.png", bad.astype(np.uint8))
+    with pytest.raises(UserError, match=rf"{root}/masks/val/v.png: label values \[40\]"):
+        evaluate(eval_cfg(tmp_path, f"ckpt_path={last}", f"data_dir={root}"))
+
+
+def test_duplicate_stems_are_reported(tmp_path):
+    from src.errors import DataError
+    from src.run import build_datamodule
+    from tests.conftest import compose_config
+    from tests.fake_data import noise_image, save
+
+    square = np.arange(100).reshape(10, 10) % 3
+    root = tiny_folder(tmp_path / "d", {"a": square, "b": square})
+    save(root / "images" / "train" / "a.jpg", noise_image(2, 10, 10))
+    cfg = compose_config("train", folder_args(root), tmp_path / "run")
+    with pytest.raises(DataError, match=f"{root}/images/train/a.png: same name as {root}/images/train/a.jpg"):
+        build_datamodule(cfg)

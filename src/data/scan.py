@@ -42,9 +42,30 @@ def read_image(path: str) -> np.ndarray:
 
 
 def read_mask(path: str) -> np.ndarray:
-    """The stored values: palette PNGs give their indices (not colours), RGB files give (H,W,3)."""
-    with Image.open(path) as im:
-        return np.array(im)
+    """The stored values: palette PNGs give their indices (not colours), RGB files give (H,W,3).
+
+    A truncated or corrupt file is a DataError naming it (PIL's own error names no file)."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot be read as a mask (truncated or corrupt: {err}).") from None
+
+
+def decode_problem(path: str) -> str | None:
+    """Why the image file at `path` cannot be decoded in full (a truncated or corrupt file), or None."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"{path}: cannot be decoded (truncated or corrupt: {err})"
+    return None
+
+
+class Found(dict):
+    """key -> path, as `list_files` returns it, with the files it left out because another had the same key."""
+
+    duplicates: list[str]
 
 
 def header(path: str) -> tuple[int, int, str] | None:
@@ -72,13 +93,18 @@ def list_files(
     key: Callable[[Path], str | None] | None = None,
 ) -> dict[str, str]:
     """key -> path of the files in `folder` with one of `suffixes` (key: the stem, or `key(path)`; None skips)."""
-    found: dict[str, str] = {}
+    found = Found()
+    found.duplicates = []
     paths = folder.rglob("*") if recursive else (Path(e.path) for e in os.scandir(folder) if e.is_file())
-    for path in paths:
+    for path in sorted(paths):
         if path.suffix.lower() not in suffixes:
             continue
         k = key(path) if key else path.stem
-        if k is not None:
+        if k is None:
+            continue
+        if k in found:  # a.jpg and a.png: which one pairs with the mask is not for us to guess
+            found.duplicates.append(f"{path}: same name as {found[k]}; keep one of them (the other is not used)")
+        else:
             found[k] = str(path)
     return found
 
@@ -102,6 +128,7 @@ def pair_up(
     keys = sorted(images.keys() & masks.keys())
     problems = [f"{images[k]}: no mask (expected {expected_mask(k)})" for k in sorted(images.keys() - masks.keys())]
     problems += [f"{masks[k]}: no image (expected {expected_image(k)})" for k in sorted(masks.keys() - images.keys())]
+    problems += getattr(images, "duplicates", []) + getattr(masks, "duplicates", [])
     return Pairs(
         np.array([images[k] for k in keys], dtype=str), np.array([masks[k] for k in keys], dtype=str), problems
     )
@@ -157,6 +184,7 @@ class PairDataset(SegDataset):
 
     mask_modes: tuple[str, ...] = INDEX_MODES
     allowed = allowed_table(range(256))  # raw mask values accepted (index = value)
+    num_classes: int | None = None  # set by the DataModule: labels at or above it stop the run, naming the file
 
     def __init__(
         self, images: np.ndarray, masks: np.ndarray, transform: Callable | None = None, ignore_index: int = 255
@@ -170,7 +198,31 @@ class PairDataset(SegDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         path = str(self.masks[index])
-        return read_image(str(self.images[index])), self.to_labels(read_mask(path), path)
+        raw = read_mask(path)
+        labels = self.to_labels(raw, path)
+        self.check_labels(raw, labels, path)
+        return read_image(str(self.images[index])), labels
+
+    def check_labels(self, raw: np.ndarray, labels: np.ndarray, path: str) -> None:
+        """A stored value outside the dataset's convention, or a label outside 0..C-1 and the ignore index, stops
+        the run naming the file (the sample checked before training may not have seen it). Cheap: one table
+        lookup of the stored values and the labels' maximum."""
+        if raw.ndim == 2 and np.issubdtype(raw.dtype, np.integer) and raw.size:
+            table = self.allowed_values(path)
+            outside = (raw < 0) | (raw >= len(table))
+            if outside.any() or not table[raw].all():
+                raise DataError(
+                    f"{path}: {self.bad_values(raw, path)}. Fix the mask (python -m src.check lists every such file)."
+                )
+        if self.num_classes is None or labels.size == 0 or int(labels.max()) < self.num_classes:
+            return
+        bad = labels[(labels >= self.num_classes) & (labels != self.ignore_index)]
+        if bad.size:
+            raise DataError(
+                f"{path}: label values {np.unique(bad)[:10].tolist()} outside the classes 0..{self.num_classes - 1} "
+                f"and the ignore index {self.ignore_index}. Fix the mask, or check data.num_classes; "
+                "python -m src.check lists every such file."
+            )
 
     def subset(self, index: np.ndarray) -> PairDataset:
         """The same dataset restricted to the pairs at `index`."""
@@ -224,6 +276,7 @@ def scan_split(
     ignore_index: int,
     decode: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    decode_images: bool = False,
 ) -> ScanResult:
     """Check every header (sizes, mask modes) and decode `decode` masks (None: all) for label values.
 
@@ -263,7 +316,13 @@ def scan_split(
         if i in bad:
             continue
         path = str(dataset.masks[i])
-        raw = read_mask(path)
+        if decode_images and (problem := decode_problem(str(dataset.images[i]))):
+            result.problems.append(problem)
+        try:
+            raw = read_mask(path)
+        except DataError as err:  # a truncated mask: named, and the scan goes on to the other files
+            result.problems.append(str(err))
+            continue
         result.masks_decoded += 1
         problem = dataset.bad_values(raw, path)
         if problem:
@@ -280,6 +339,21 @@ def scan_split(
         result.present_pixels += np.where(counts > 0, labels.size, 0)
         result.ignored_pixels += int((~valid).sum())
     return result
+
+
+def binary_mask_problem(result: ScanResult, class_names: Sequence[str], ignore_index: int) -> str | None:
+    """Masks stored as 0/255 (black/white) read with 255 as the ignore index: the foreground vanishes and the
+    scores look perfect. When the masks hold only 0 and the ignore value and a class has no pixel, say so."""
+    if ignore_index not in result.raw_values or not result.raw_values <= {0, ignore_index}:
+        return None
+    empty = [name for name, n in zip(class_names, result.pixel_counts) if n == 0]
+    if not empty:
+        return None
+    return (
+        f"the masks hold only the values 0 and {ignore_index} (the ignore index), so class(es) {', '.join(empty)} "
+        f"have no pixel: black/white masks stored as 0/{ignore_index}? Read them with 'data.values=[0,{ignore_index}]'"
+        " (value of each class), or give masks with one class index per pixel"
+    )
 
 
 class FilesDataModule(SegDataModule):
@@ -350,9 +424,11 @@ class FilesDataModule(SegDataModule):
                 f"{self.name}: the {split} split below {self.data_dir} has no image/mask pairs; "
                 f"expected layout:\n{self.layout}"
             )
-        return self.dataset_class(
+        data = self.dataset_class(
             pairs.images, pairs.masks, transform, ignore_index=self.ignore_index, **self.dataset_kwargs()
         )
+        data.num_classes = self.num_classes
+        return data
 
     def dataset_kwargs(self) -> dict:
         """Further arguments of `dataset_class` (e.g. a palette)."""
@@ -374,5 +450,7 @@ class FilesDataModule(SegDataModule):
         for split in self.splits():
             data = self.dataset(split)
             result = scan_split(data, self.num_classes, self.ignore_index, decode=self.validate_masks)
+            if split == "train" and (problem := binary_mask_problem(result, self.class_names, self.ignore_index)):
+                result.problems.append(f"{self.data_dir}: {problem}")
             if result.problems:
                 raise DataError(self.problem_message(split, result.problems, sampled=result.masks_decoded < len(data)))
