@@ -14,7 +14,6 @@ writes class weights from the training split as JSON to `weights_file`:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -22,10 +21,11 @@ import hydra
 from omegaconf import DictConfig
 
 from src.data.files import FilesDataModule
-from src.data.scan import ScanResult
+from src.data.scan import ScanResult, binary_mask_problem
 from src.data.stats import METHODS, class_weights, describe_sizes, describe_values, scan_all
 from src.errors import UserError, exit_on_user_error
 from src.run import build_datamodule
+from src.utils.io import write_json_new
 
 
 def check(cfg: DictConfig) -> int:
@@ -44,6 +44,10 @@ def check(cfg: DictConfig) -> int:
         print(f"scanning {dm.name} {split}: {len(data)} pairs in {dm.data_dir} ...", flush=True)
         result = scan_all(data, dm.num_classes, dm.ignore_index, int(cfg.get("workers") or 0))
         result.problems = pairs.problems + result.problems
+        if len(data) == 0:
+            result.problems.append(f"{dm.data_dir}: no image/mask pairs in the {split} split")
+        elif split == "train" and (problem := binary_mask_problem(result, dm.class_names, dm.ignore_index)):
+            result.problems.append(f"{dm.data_dir}: {problem}")
         results[split] = result
 
     print(f"\n{'split':<8}{'pairs':>8}  {'image sizes (count)':<44}{'stored label values':<24}{'ignored px':>10}")
@@ -75,18 +79,17 @@ def check(cfg: DictConfig) -> int:
         if unseen:
             print(f"warning: weight 0 for the classes never seen: {', '.join(unseen)}")
         out = Path(cfg.weights_file)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps(
-                {
-                    "dataset": cfg.get("data_name") or dm.config_name,
-                    "method": method,
-                    "class_names": dm.class_names,
-                    "weights": [round(float(w), 6) for w in weights],
-                    "pixel_counts": [int(n) for n in train.pixel_counts],
-                },
-                indent=2,
-            )
+        write_json_new(  # whole or not at all; a different file already there is never replaced
+            out,
+            {
+                "dataset": cfg.get("data_name") or dm.config_name,
+                "method": method,
+                "class_names": dm.class_names,
+                "weights": [round(float(w), 6) for w in weights],
+                "pixel_counts": [int(n) for n in train.pixel_counts],
+            },
+            "class-weight file",
+            "Write to another file with weights_file=PATH (or delete this one to replace it).",
         )
         print(f"\n{method} class weights written to {out}")
         for name, w in zip(dm.class_names, weights):
@@ -95,10 +98,23 @@ def check(cfg: DictConfig) -> int:
     return 0
 
 
+def check_data_arg(argv: list[str]) -> None:
+    """`data=` is required and must name a config of configs/data/ (Hydra would exit 1 with its own message)."""
+    if any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or a.startswith("--info") for a in argv):
+        return
+    names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "data").glob("*.yaml"))
+    given = [a.split("=", 1)[1] for a in argv if a.startswith(("data=", "+data="))]
+    if not given:
+        raise UserError(f"data= is missing: python -m src.check data=<{'|'.join(names)}> data.data_dir=<its folder>")
+    if given[-1] not in names:
+        raise UserError(f"data={given[-1]}: no such dataset config (configs/data/); use one of {', '.join(names)}.")
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="check.yaml")
 def main(cfg: DictConfig) -> None:
     sys.exit(exit_on_user_error(check, cfg))
 
 
 if __name__ == "__main__":
+    exit_on_user_error(check_data_arg, sys.argv[1:])
     main()

@@ -8,6 +8,7 @@ utils); none of them imports it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import hydra
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError, existing_file
 from src.models.module import SegmentationModule
+from src.utils.io import AtomicCheckpointIO
 
 
 def instantiate(cfg, **kwargs):
@@ -42,12 +44,66 @@ def instantiate_list(cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse values that cannot work, naming the key, before any data is read or any object is built.
+
+    Batch sizes, workers, the learning rate, the epoch budget of a training run, class-weight lists, and an
+    accelerator that is not there. Keys a config does not have (e.g. src.check's) are skipped.
+    """
+    data = cfg.get("data") or {}
+    for key in ("batch_size", "eval_batch_size"):
+        value = data.get(key)
+        if value is None and key == "eval_batch_size":
+            continue
+        if not _is_int(value) or value < 1:
+            raise UserError(f"data.{key}={value}: must be a whole number of at least 1 (images per device and step).")
+    workers = data.get("num_workers", 0)
+    if not _is_int(workers) or workers < 0:
+        raise UserError(f"data.num_workers={workers}: must be 0 (load in the main process) or more worker processes.")
+    lr = (cfg.get("optimizer") or {}).get("lr")
+    if "optimizer" in cfg and (not _is_number(lr) or lr <= 0):
+        raise UserError(f"optimizer.lr={lr}: must be a number above 0, e.g. optimizer.lr=1e-3.")
+    trainer = cfg.get("trainer") or {}
+    epochs = trainer.get("max_epochs")
+    if epochs is not None and (not _is_int(epochs) or epochs < -1):
+        raise UserError(f"trainer.max_epochs={epochs}: must be a whole number (-1: no limit).")
+    if cfg.get("task_name") == "train" and epochs == 0 and (trainer.get("max_steps") or -1) <= 0:
+        raise UserError(
+            "trainer.max_epochs=0: nothing would be trained. Give trainer.max_epochs=1 or more; to score a "
+            "checkpoint use python -m src.eval ckpt_path=PATH."
+        )
+    loss = cfg.get("loss") or {}
+    for where, node in [("loss", loss)] + [(f"loss.terms.{k}", v) for k, v in (loss.get("terms") or {}).items()]:
+        weights = node.get("class_weights") if hasattr(node, "get") else None
+        if OmegaConf.is_list(weights) and not all(_is_number(w) for w in weights):
+            raise UserError(f"{where}.class_weights={list(weights)}: every weight must be a number, one per class.")
+    accelerator = str(trainer.get("accelerator", ""))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"trainer.accelerator={accelerator}: no GPU is visible to PyTorch (torch.cuda.is_available() is "
+                "False; check nvidia-smi and CUDA_VISIBLE_DEVICES). To run on the CPU: trainer=cpu."
+            )
+
+
 def build_datamodule(cfg: DictConfig, validate: bool = True):
     """The DataModule of `cfg.data`; with `validate`, its files are checked before anything else happens.
 
+    The config's values are checked first (`check_config`): this is the first thing every entry point builds.
     A loss that needs per-pixel inputs computed from each training mask in the data pipeline (e.g. the boundary
     weight map of `loss=unet_boundary`) names them in `loss.sample_extras()`; the DataModule is built with them.
     """
+    check_config(cfg)
     extras = sample_extras(instantiate(cfg.loss)) if cfg.get("loss") else {}
     datamodule = instantiate(cfg.data, _convert_="partial", sample_extras=extras)
     if validate:
@@ -86,7 +142,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("compile", None)  # the template's option (build_module), not the Trainer's
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    # checkpoints written beside their final name and renamed: complete or absent, never truncated
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def finish_loggers(trainer) -> None:
@@ -119,11 +176,63 @@ def check_fresh_output(output_dir: str | Path) -> None:
         )
 
 
-def stored_run_config(ckpt_path: Path) -> DictConfig:
-    """The resolved training config stored in a checkpoint of this template."""
+def load_checkpoint(ckpt_path: Path, key: str = "ckpt_path") -> dict:
+    """The checkpoint at `ckpt_path` on the CPU; a file that is not one (or is truncated) is a UserError."""
     import torch
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, not a pickle, another format: torch raises many kinds
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{key}={ckpt_path}: not a readable checkpoint ({reason[:160]}); it may be truncated (an interrupted "
+            "copy or a full disk). Use another checkpoint of that run, e.g. last.ckpt or the epoch*.ckpt beside it."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(
+            f"{key}={ckpt_path}: not a Lightning checkpoint (no state_dict); a plain weights file goes into "
+            "model.pretrained=PATH instead."
+        )
+    return ckpt
+
+
+def check_weights_fit(ckpt: dict, ckpt_path: Path, module, fix: str, key: str = "ckpt_path") -> None:
+    """Refuse a checkpoint whose tensors do not fit `module` (another model or another number of classes), with
+    the first differing tensors named and `fix` (what to run instead)."""
+    ours = module.state_dict()
+    theirs = ckpt["state_dict"]
+    shapes = [
+        f"{k}: {list(theirs[k].shape)} in the checkpoint, {list(v.shape)} here"
+        for k, v in ours.items()
+        if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
+    missing = [k for k in ours if k not in theirs]
+    if shapes or missing:
+        what = "; ".join(shapes[:2]) if shapes else f"missing {', '.join(missing[:2])}"
+        count = f"{len(shapes)} tensor(s) of another shape, {len(missing)} missing"
+        raise UserError(f"{key}={ckpt_path} does not fit this model and data ({count}: {what}). {fix}")
+
+
+def check_resume(cfg: DictConfig, ckpt_path: Path, module) -> None:
+    """Refuse to resume from a checkpoint of another model or dataset (Lightning would stop with a long
+    size-mismatch traceback, or carry on with another dataset's optimizer state)."""
+    ckpt = load_checkpoint(ckpt_path)
+    fix = (
+        f"Resuming needs the model and data of that run (its settings: {ckpt_path.parent.parent}/.hydra/config.yaml)."
+        f" To start a new run from its weights: model.pretrained={ckpt_path} (with model.skip_mismatched=true for a "
+        "head with another number of classes)."
+    )
+    stored = ckpt.get("run_config") or {}
+    for group in ("model", "data"):
+        theirs, ours = (stored.get(group) or {}).get("_target_"), cfg[group].get("_target_")
+        if theirs and theirs != ours:
+            raise UserError(f"ckpt_path={ckpt_path} is a run of {group} {theirs}, this run's is {ours}. {fix}")
+    check_weights_fit(ckpt, ckpt_path, module, fix)
+
+
+def stored_run_config(ckpt_path: Path, ckpt: dict | None = None) -> DictConfig:
+    """The resolved training config stored in a checkpoint of this template."""
+    ckpt = ckpt if ckpt is not None else load_checkpoint(ckpt_path)
     if "run_config" not in ckpt:
         raise UserError(
             f"{ckpt_path} holds no run config: it was not written by src.train of this template. "

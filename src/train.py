@@ -11,11 +11,20 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from src.data.base import EpochSeed
-from src.errors import exit_on_user_error
-from src.run import build_datamodule, build_module, build_trainer, check_ckpt, check_fresh_output, finish_loggers
+from src.errors import Stopped, exit_on_user_error
+from src.run import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    check_ckpt,
+    check_fresh_output,
+    check_resume,
+    finish_loggers,
+)
 from src.utils.report import print_config, print_scores, write_metrics
 
 
@@ -30,10 +39,17 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
+    if ckpt_path is not None:
+        check_resume(cfg, ckpt_path, module)
     trainer = build_trainer(cfg, extra_callbacks=[EpochSeed(cfg.seed)])
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:  # Lightning's, a SystemExit(0): say it, with what to resume from, and exit 143
+            last = output_dir / "checkpoints" / "last.ckpt"
+            saved = f"the latest weights are in {last}; continue with ckpt_path={last}" if last.is_file() else ""
+            raise Stopped(f"SIGTERM received during training; {saved or 'no checkpoint was written'}.") from None
         # the best checkpoint of the monitored callback (not last.ckpt's); none in fast_dev_run or without a
         # monitored metric: evaluate the weights in memory
         best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "") or None

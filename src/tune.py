@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError, exit_on_user_error
 from src.run import build_datamodule, build_module, build_trainer
+from src.utils.io import atomic_write
 
 MODES = ("lr_find", "batch_size")
 
@@ -61,7 +62,7 @@ def tune(cfg: DictConfig) -> dict:
             "the training set's size)"
         )
     path = output_dir / f"{cfg.mode}.json"
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write(path, json.dumps(result, indent=2))  # whole or not at all, in this run's own folder
     print(f"{message}\nsaved: {path}")
     return result
 

@@ -237,11 +237,21 @@ def test_check_inverse_log_weights(tmp_path):
 def test_check_cli_exit_status_names_bad_files(tmp_path):
     root = weights_data(tmp_path)
     save(root / "masks" / "train" / "B.png", np.full((10, 12), 1, np.uint8))
-    args = [sys.executable, "-m", "src.check", *FOLDER_4, f"hydra.run.dir={tmp_path / 'run'}"]
-    run = subprocess.run(args + [f"data.data_dir={root}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and f"{root}/masks/train/B.png: size 12x10 differs" in run.stderr
+    args = [sys.executable, "-m", "src.check", *FOLDER_4]
     run = subprocess.run(
-        args + [f"data.data_dir={tmp_path / 'nowhere'}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        args + [f"data.data_dir={root}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and f"{root}/masks/train/B.png: size 12x10 differs" in run.stderr
+    run = subprocess.run(  # each run has its own folder
+        args + [f"data.data_dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run2'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 2 and "error: data.data_dir=" in run.stderr and "Traceback" not in run.stderr
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from src.data.base import SegDataModule, SegDataset
-from src.data.scan import INDEX_MODES, scan_split
+from src.data.scan import INDEX_MODES, binary_mask_problem, scan_split
 from src.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -39,9 +39,20 @@ def read_image(path: str) -> np.ndarray:
 
 
 def read_mask(path: str) -> np.ndarray:
-    """The stored values: palette PNGs give their indices (not colours), RGB files give (H,W,3)."""
-    with Image.open(path) as im:
-        return np.array(im)
+    """The stored values: palette PNGs give their indices (not colours), RGB files give (H,W,3).
+
+    A truncated or corrupt file is a DataError naming it (PIL's own error names no file)."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot be read as a mask (truncated or corrupt: {err}).") from None
+
+
+class Found(dict):
+    """key -> path, as `list_files` returns it, with the files it left out because another had the same key."""
+
+    duplicates: list[str]
 
 
 # -- listing and pairing ------------------------------------------------------------------------------------
@@ -52,13 +63,18 @@ def list_files(
     key: Callable[[Path], str | None] | None = None,
 ) -> dict[str, str]:
     """key -> path of the files in `folder` with one of `suffixes` (key: the stem, or `key(path)`; None skips)."""
-    found: dict[str, str] = {}
+    found = Found()
+    found.duplicates = []
     paths = folder.rglob("*") if recursive else (Path(e.path) for e in os.scandir(folder) if e.is_file())
-    for path in paths:
+    for path in sorted(paths):
         if path.suffix.lower() not in suffixes:
             continue
         k = key(path) if key else path.stem
-        if k is not None:
+        if k is None:
+            continue
+        if k in found:  # a.jpg and a.png: which one pairs with the mask is not for us to guess
+            found.duplicates.append(f"{path}: same name as {found[k]}; keep one of them (the other is not used)")
+        else:
             found[k] = str(path)
     return found
 
@@ -82,6 +98,7 @@ def pair_up(
     keys = sorted(images.keys() & masks.keys())
     problems = [f"{images[k]}: no mask (expected {expected_mask(k)})" for k in sorted(images.keys() - masks.keys())]
     problems += [f"{masks[k]}: no image (expected {expected_image(k)})" for k in sorted(masks.keys() - images.keys())]
+    problems += getattr(images, "duplicates", []) + getattr(masks, "duplicates", [])
     return Pairs(
         np.array([images[k] for k in keys], dtype=str), np.array([masks[k] for k in keys], dtype=str), problems
     )
@@ -137,6 +154,7 @@ class PairDataset(SegDataset):
 
     mask_modes: tuple[str, ...] = INDEX_MODES
     allowed = allowed_table(range(256))  # raw mask values accepted (index = value)
+    num_classes: int | None = None  # set by the DataModule: labels at or above it stop the run, naming the file
 
     def __init__(
         self, images: np.ndarray, masks: np.ndarray, transform: Callable | None = None, ignore_index: int = 255
@@ -150,7 +168,31 @@ class PairDataset(SegDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         path = str(self.masks[index])
-        return read_image(str(self.images[index])), self.to_labels(read_mask(path), path)
+        raw = read_mask(path)
+        labels = self.to_labels(raw, path)
+        self.check_labels(raw, labels, path)
+        return read_image(str(self.images[index])), labels
+
+    def check_labels(self, raw: np.ndarray, labels: np.ndarray, path: str) -> None:
+        """A stored value outside the dataset's convention, or a label outside 0..C-1 and the ignore index, stops
+        the run naming the file (the sample checked before training may not have seen it). Cheap: one table
+        lookup of the stored values and the labels' maximum."""
+        if raw.ndim == 2 and np.issubdtype(raw.dtype, np.integer) and raw.size:
+            table = self.allowed_values(path)
+            outside = (raw < 0) | (raw >= len(table))
+            if outside.any() or not table[raw].all():
+                raise DataError(
+                    f"{path}: {self.bad_values(raw, path)}. Fix the mask (python -m src.check lists every such file)."
+                )
+        if self.num_classes is None or labels.size == 0 or int(labels.max()) < self.num_classes:
+            return
+        bad = labels[(labels >= self.num_classes) & (labels != self.ignore_index)]
+        if bad.size:
+            raise DataError(
+                f"{path}: label values {np.unique(bad)[:10].tolist()} outside the classes 0..{self.num_classes - 1} "
+                f"and the ignore index {self.ignore_index}. Fix the mask, or check data.num_classes; "
+                "python -m src.check lists every such file."
+            )
 
     def raw_mask(self, index: int) -> np.ndarray:
         """The values stored in mask file `index` (before `to_labels`)."""
@@ -243,9 +285,11 @@ class FilesDataModule(SegDataModule):
                 f"{self.name}: the {split} split below {self.data_dir} has no image/mask pairs; "
                 f"expected layout:\n{self.layout}"
             )
-        return self.dataset_class(
+        data = self.dataset_class(
             pairs.images, pairs.masks, transform, ignore_index=self.ignore_index, **self.dataset_kwargs()
         )
+        data.num_classes = self.num_classes
+        return data
 
     def dataset_kwargs(self) -> dict:
         """Further arguments of `dataset_class` (e.g. a palette)."""
@@ -267,5 +311,7 @@ class FilesDataModule(SegDataModule):
         for split in self.splits():
             data = self.dataset(split)
             result = scan_split(data, self.num_classes, self.ignore_index, decode=self.validate_masks)
+            if split == "train" and (problem := binary_mask_problem(result, self.class_names, self.ignore_index)):
+                result.problems.append(f"{self.data_dir}: {problem}")
             if result.problems:
                 raise DataError(self.problem_message(split, result.problems, sampled=result.masks_decoded < len(data)))

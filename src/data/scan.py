@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from src.errors import DataError
+
 if TYPE_CHECKING:
     from src.data.files import PairDataset
 
@@ -36,6 +38,16 @@ def headers(paths: Sequence[str]) -> list[tuple[int, int, str] | None]:
         return [header(p) for p in paths]
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(header, paths))
+
+
+def decode_problem(path: str) -> str | None:
+    """Why the image file at `path` cannot be decoded in full (a truncated or corrupt file), or None."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"{path}: cannot be decoded (truncated or corrupt: {err})"
+    return None
 
 
 # -- checking ----------------------------------------------------------------------------------------------
@@ -66,11 +78,12 @@ def scan_split(
     ignore_index: int,
     decode: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    decode_images: bool = False,
 ) -> ScanResult:
     """Check every header (sizes, mask modes) and decode `decode` masks (None: all) for label values.
 
     Problems name the file: unreadable files, image/mask size mismatches, colour masks where index masks are
-    expected, values outside the dataset's label convention.
+    expected, values outside the dataset's label convention, truncated masks (and images, with `decode_images`).
     """
     n = len(dataset)
     result = ScanResult(
@@ -105,7 +118,13 @@ def scan_split(
         if i in bad:
             continue
         path = str(dataset.masks[i])
-        raw = dataset.raw_mask(i)
+        if decode_images and (problem := decode_problem(str(dataset.images[i]))):
+            result.problems.append(problem)
+        try:
+            raw = dataset.raw_mask(i)
+        except DataError as err:  # a truncated mask: named, and the scan goes on to the other files
+            result.problems.append(str(err))
+            continue
         result.masks_decoded += 1
         problem = dataset.bad_values(raw, path)
         if problem:
@@ -122,3 +141,18 @@ def scan_split(
         result.present_pixels += np.where(counts > 0, labels.size, 0)
         result.ignored_pixels += int((~valid).sum())
     return result
+
+
+def binary_mask_problem(result: ScanResult, class_names: Sequence[str], ignore_index: int) -> str | None:
+    """Masks stored as 0/255 (black/white) read with 255 as the ignore index: the foreground vanishes and the
+    scores look perfect. When the masks hold only 0 and the ignore value and a class has no pixel, say so."""
+    if ignore_index not in result.raw_values or not result.raw_values <= {0, ignore_index}:
+        return None
+    empty = [name for name, n in zip(class_names, result.pixel_counts) if n == 0]
+    if not empty:
+        return None
+    return (
+        f"the masks hold only the values 0 and {ignore_index} (the ignore index), so class(es) {', '.join(empty)} "
+        f"have no pixel: black/white masks stored as 0/{ignore_index}? Read them with 'data.values=[0,{ignore_index}]'"
+        " (value of each class), or give masks with one class index per pixel"
+    )

@@ -51,13 +51,13 @@ def merge(results: list[ScanResult]) -> ScanResult:
 
 def _scan_part(args) -> ScanResult:
     data, num_classes, ignore_index = args
-    return scan_split(data, num_classes, ignore_index)
+    return scan_split(data, num_classes, ignore_index, decode_images=True)
 
 
 def scan_all(data: PairDataset, num_classes: int, ignore_index: int, workers: int) -> ScanResult:
-    """Every header and every mask of `data`, in `workers` processes (0: this one)."""
+    """Every header, every image and every mask of `data` decoded, in `workers` processes (0: this one)."""
     if workers <= 1 or len(data) < 2 * workers:
-        return scan_split(data, num_classes, ignore_index)
+        return scan_split(data, num_classes, ignore_index, decode_images=True)
     parts = [(data.subset(idx), num_classes, ignore_index) for idx in np.array_split(np.arange(len(data)), workers * 4)]
     with ProcessPoolExecutor(workers) as pool:
         return merge(list(pool.map(_scan_part, parts)))

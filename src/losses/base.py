@@ -88,7 +88,10 @@ def load_class_weights(class_weights: ClassWeights, num_classes: int | None) -> 
         fix = f"give one weight per class, in class order ({where})"
     if num_classes is not None and len(values) != num_classes:
         raise UserError(f"{source} has {len(values)} weights but data.num_classes is {num_classes}: {fix}.")
-    weights = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+    try:
+        weights = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise UserError(f"{source} holds a value that is not a number: {fix}.") from None
     if not torch.isfinite(weights).all() or (weights < 0).any():
         raise UserError(f"{source} holds a negative or non-finite weight ({weights.tolist()}): {fix}.")
     return weights

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from src.metrics import SUMMARY_KEYS
+from src.utils.io import atomic_write
 
 console = Console()
 
@@ -53,5 +54,4 @@ def write_metrics(path: Path, scores: dict, **extra) -> None:
             return {k: clean(v) for k, v in x.items()}
         return None if isinstance(x, float) and math.isnan(x) else x
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean({**scores, **extra}), indent=2))
+    atomic_write(path, json.dumps(clean({**scores, **extra}), indent=2))
