@@ -28,6 +28,8 @@ ClusterName=local
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
+# a requeued job waits this long (the credential lifetime, default 120 s) before it starts again
+AuthInfo=cred_expire=10
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurmctld.pid
@@ -58,6 +60,8 @@ start() {
     need
     if up; then sinfo; return 0; fi
     write_conf
+    # the node names must resolve (Lightning's DDP rendezvous takes the first node's name as MASTER_ADDR)
+    for n in "${NODES[@]}"; do getent hosts "$n" >/dev/null || echo "127.0.0.1 $n" >>/etc/hosts; done
     if [ ! -s /etc/munge/munge.key ]; then mungekey -c -f >/dev/null 2>&1 || mungekey -c; fi
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     mkdir -p /run/munge && chown munge:munge /run/munge

@@ -16,14 +16,18 @@ from omegaconf import DictConfig
 from src.data.base import EpochSeed
 from src.errors import exit_on_user_error
 from src.run import build_datamodule, build_module, build_trainer, check_ckpt, check_fresh_output, finish_loggers
+from src.utils.cluster import newest_checkpoint
 from src.utils.report import print_config, print_scores, write_metrics
 
 
 def train(cfg: DictConfig) -> dict:
     """Run training as `cfg` says; returns {"val": scores, "test": scores (if run)}."""
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = check_ckpt(cfg.get("ckpt_path"))
-    check_fresh_output(output_dir)
+    if cfg.get("ckpt_path") == "auto":  # continue this folder's run from its newest checkpoint, if it has one
+        ckpt_path = newest_checkpoint(output_dir)
+    else:
+        ckpt_path = check_ckpt(cfg.get("ckpt_path"))
+        check_fresh_output(output_dir)
     if cfg.get("extras", {}).get("print_config"):
         print_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
