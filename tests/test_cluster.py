@@ -1,0 +1,180 @@
+"""Cluster runs on a real SLURM (scripts/slurm_cluster.sh: a controller and two slurmd "nodes" on this machine),
+preemption and requeue, `ckpt_path=auto`, torchrun and Optuna sweeps.
+
+The SLURM tests skip with a reason where SLURM is missing or down; under CI=true they fail instead (.ci/run installs
+and starts the local cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.eval import evaluate
+from src.train import train
+from tests.conftest import ROOT, compose_config
+
+# the default run, shrunk: 32x32 images, 4 training steps of 8 images per epoch (per process), CPU, no progress bar
+TINY = [
+    "data.image_size=32",
+    "data.train_size=32",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.batch_size=8",
+    "model=unet_classic",
+    "model.base_channels=8",
+    "model.depth=2",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "extras.print_config=false",
+    "test=false",
+]
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
+
+
+def need_slurm() -> None:
+    """Skip without a running SLURM; under CI=true fail instead, so CI cannot pass by skipping."""
+    reason = None
+    if shutil.which("sbatch") is None:
+        reason = "sbatch not found (apt-get install slurm-wlm munge, then scripts/slurm_cluster.sh start)"
+    elif subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        reason = "SLURM is not running (scripts/slurm_cluster.sh start)"
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def submit(log_dir: Path, *overrides: str) -> subprocess.Popen:
+    """`python -m src.train -m cluster=slurm ...` as a user types it; the launcher waits for its jobs."""
+    cmd = [sys.executable, "-m", "src.train", "-m", "cluster=slurm", "cluster.gpus_per_node=0", "cluster.time_min=15"]
+    cmd += [f"paths.log_dir={log_dir}", *TINY, *overrides]
+    out_path = log_dir.parent / f"{log_dir.name}.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc.out_path = out_path
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, Path(proc.out_path).read_text()[-3000:]
+
+
+def sweep_folder(log_dir: Path, timeout: float = 120) -> Path:
+    """The one folder the submission made under logs/train/multiruns/ (its name is fixed at submission)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = sorted((log_dir / "train" / "multiruns").glob("*"))
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(1)
+    raise TimeoutError(f"no sweep folder under {log_dir}")
+
+
+def job_ids(sweep: Path, timeout: float = 120) -> list[str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ids = sorted(p.name for p in (sweep / ".submitit").glob("*") if p.is_dir())
+        if ids:
+            return ids
+        time.sleep(1)
+    raise TimeoutError(f"no job submitted under {sweep}")
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+def mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_two_node_job_trains_and_its_checkpoint_scores_alike_in_one_process(tmp_path):
+    need_slurm()
+    log_dir = tmp_path / "logs"
+    proc = submit(log_dir, "cluster.nodes=2", "trainer.max_epochs=2")
+    finish(proc)
+    sweep = sweep_folder(log_dir)
+    (job,) = job_ids(sweep)
+    logs = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob("*_log.*"))
+    # one process on each of the two nodes, in one DDP group
+    assert "node=0(2), global_rank=0(2)" in logs and "node=1(2), global_rank=1(2)" in logs
+    assert "Starting with 2 processes" in logs
+    run = sweep / "0"
+    logged = json.loads((run / "metrics.json").read_text())
+    best = next((run / "checkpoints").glob("epoch001-*.ckpt"))  # two epochs ran
+    scores = evaluate(compose_config("eval", [f"ckpt_path={best}", "extras.print_config=false"], tmp_path / "eval"))
+    for key in ("mIoU", "aAcc", "mAcc", "fwIoU", "mDice"):
+        assert scores[key] == pytest.approx(logged[key], abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_requeued_and_signalled_job_continues_in_its_folder_to_the_same_weights(tmp_path):
+    """Two jobs of one submission with the same seed: job 0 is requeued by `scontrol requeue` after its first epoch,
+    then sent SLURM's warning signal (USR2, as before a time limit) after a later one; job 1 runs undisturbed. Job 0
+    resumes each time in its own folder from its newest checkpoint and ends with job 1's weights and metrics."""
+    need_slurm()
+    log_dir = tmp_path / "logs"
+    proc = submit(log_dir, "+label=a,b", "trainer.max_epochs=6", "data.train_size=64")
+    sweep = sweep_folder(log_dir)
+    (job,) = job_ids(sweep)
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    wait_for(last.exists, 300, "job 0 wrote no checkpoint")
+    subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True)
+    first = mtime(last)
+    wait_for(lambda: mtime(last) != first, 300, "the requeued job wrote no new checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", f"{job}_0"], check=True)
+    finish(proc)
+
+    assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == ["0", "1", "multirun.yaml"]
+    assert len(list((log_dir / "train" / "multiruns").iterdir())) == 1  # no new timestamped folder
+    logs = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob(f"{job}_0_*_log.*"))
+    assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
+    restored = (sweep / "0" / "train.log").read_text().count("Restored all states from the checkpoint")
+    assert restored == 2, restored
+    a = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 5
+    for key, value in b["state_dict"].items():
+        assert torch.equal(a["state_dict"][key], value), key
+    metrics = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
+    assert metrics[0] == metrics[1]
+
+
+def test_ckpt_path_auto_starts_fresh_then_continues_in_the_same_folder(train_cfg, tmp_path):
+    common = ["ckpt_path=auto", "callbacks.model_checkpoint.save_top_k=-1"]
+    train(train_cfg(*common, "trainer.max_epochs=1"))
+    run = tmp_path / "run"
+    first = {p.name: p.read_bytes() for p in (run / "checkpoints").glob("epoch*.ckpt")}
+    assert list(first) == [next(iter(first))] and next(iter(first)).startswith("epoch000")
+    train(train_cfg(*common, "trainer.max_epochs=2"))
+    ckpts = {p.name: p for p in (run / "checkpoints").glob("epoch*.ckpt")}
+    assert sorted(n[:8] for n in ckpts) == ["epoch000", "epoch001"]  # continued: epoch 1 follows epoch 0
+    assert all(ckpts[name].read_bytes() == data for name, data in first.items())  # nothing overwritten
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    # a plain run still refuses that folder
+    from src.errors import UserError
+
+    with pytest.raises(UserError, match="already holds results"):
+        train(train_cfg("trainer.max_epochs=1"))
