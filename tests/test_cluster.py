@@ -89,7 +89,8 @@ def sweep_folder(log_dir: Path, timeout: float = 120) -> Path:
 def job_ids(sweep: Path, timeout: float = 120) -> list[str]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        ids = sorted(p.name for p in (sweep / ".submitit").glob("*") if p.is_dir())
+        # one folder per job, <job>_<task> for the jobs of an array
+        ids = sorted({p.name.split("_")[0] for p in (sweep / ".submitit").glob("*") if p.is_dir()})
         if ids:
             return ids
         time.sleep(1)
@@ -149,7 +150,7 @@ def test_requeued_and_signalled_job_continues_in_its_folder_to_the_same_weights(
 
     assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == ["0", "1", "multirun.yaml"]
     assert len(list((log_dir / "train" / "multiruns").iterdir())) == 1  # no new timestamped folder
-    logs = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob(f"{job}_0_*_log.*"))
+    logs = "".join(p.read_text() for p in (sweep / ".submitit" / f"{job}_0").glob("*_log.*"))
     assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
     restored = (sweep / "0" / "train.log").read_text().count("Restored all states from the checkpoint")
     assert restored == 2, restored
