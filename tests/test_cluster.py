@@ -7,6 +7,7 @@ and starts the local cluster).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from src.eval import evaluate
 from src.train import train
@@ -137,7 +139,7 @@ def test_requeued_and_signalled_job_continues_in_its_folder_to_the_same_weights(
     resumes each time in its own folder from its newest checkpoint and ends with job 1's weights and metrics."""
     need_slurm()
     log_dir = tmp_path / "logs"
-    proc = submit(log_dir, "+label=a,b", "trainer.max_epochs=6", "data.train_size=64")
+    proc = submit(log_dir, "+label=a,b", "trainer.max_epochs=4", "data.train_size=64")
     sweep = sweep_folder(log_dir)
     (job,) = job_ids(sweep)
     last = sweep / "0" / "checkpoints" / "last.ckpt"
@@ -152,14 +154,15 @@ def test_requeued_and_signalled_job_continues_in_its_folder_to_the_same_weights(
     assert len(list((log_dir / "train" / "multiruns").iterdir())) == 1  # no new timestamped folder
     logs = "".join(p.read_text() for p in (sweep / ".submitit" / f"{job}_0").glob("*_log.*"))
     assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
-    restored = (sweep / "0" / "train.log").read_text().count("Restored all states from the checkpoint")
-    assert restored == 2, restored
+    restored = (sweep / ".submitit" / f"{job}_0" / f"{job}_0_0_log.err").read_text().count("Restored all states")
+    assert restored == 2, restored  # resumed after the requeue and after the signal
     a = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 5
+    assert a["epoch"] == b["epoch"] == 3
     for key, value in b["state_dict"].items():
         assert torch.equal(a["state_dict"][key], value), key
     metrics = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
+    assert Path(metrics[0].pop("ckpt_path")).name == Path(metrics[1].pop("ckpt_path")).name  # the same best epoch
     assert metrics[0] == metrics[1]
 
 
@@ -179,3 +182,63 @@ def test_ckpt_path_auto_starts_fresh_then_continues_in_the_same_folder(train_cfg
 
     with pytest.raises(UserError, match="already holds results"):
         train(train_cfg("trainer.max_epochs=1"))
+
+
+def test_torchrun_ranks_take_rank_zeros_run_folder(monkeypatch, tmp_path):
+    """What each rank adds to its command line: rank 0 nothing (first attempt), the others rank 0's folder, read
+    from torchrun's key-value store; after an elastic restart every rank takes the first attempt's folder."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from src.utils.cluster import publish_run_dir, torchrun_run_dir_args
+    from tests.test_distributed import free_port
+
+    port = free_port()
+    server = TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=30))  # what torchrun's agent runs
+    env = {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RANK", "0")
+    assert torchrun_run_dir_args(["src.train"]) == []
+    publish_run_dir(tmp_path / "run")
+    monkeypatch.setenv("RANK", "1")
+    assert torchrun_run_dir_args(["src.train"]) == [f"hydra.run.dir={tmp_path / 'run'}"]
+    assert torchrun_run_dir_args(["src.train", "hydra.run.dir=mine"]) == []  # the user's choice stands
+    monkeypatch.setenv("RANK", "0")  # a restarted rank 0 finds the key of the first attempt
+    assert torchrun_run_dir_args(["src.train"]) == [f"hydra.run.dir={tmp_path / 'run'}"]
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")
+    assert torchrun_run_dir_args(["src.train"]) == []  # not under torchrun
+    del server
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_one_epoch_into_one_folder(tmp_path):
+    cmd = ["torchrun", "--nproc_per_node=2", "-m", "src.train", "trainer=cpu", "trainer.devices=2"]
+    cmd += [f"paths.log_dir={tmp_path}", *TINY, "trainer.max_epochs=1"]
+    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Starting with 2 processes" in out.stdout + out.stderr
+    (run,) = (tmp_path / "train" / "runs").iterdir()  # one folder for both ranks
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
+    assert json.loads((run / "metrics.json").read_text())["split"] == "val"
+
+
+@pytest.mark.slow
+def test_optuna_sweep_of_two_trials_names_the_best(tmp_path):
+    cmd = [sys.executable, "-m", "src.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2"]
+    cmd += ["hydra.sweeper.n_jobs=1", f"paths.log_dir={tmp_path}", *TINY, "trainer.max_epochs=1"]
+    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    with open(sweep / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [list(r) for r in rows] == [["trial", "optimizer.lr", "optimizer.weight_decay", "mIoU"]] * 2
+    assert sorted(r["trial"] for r in rows) == ["0", "1"]
+    assert float(rows[0]["mIoU"]) >= float(rows[1]["mIoU"])  # best first
+    for row in rows:  # each row is what that trial's folder holds
+        logged = json.loads((sweep / row["trial"] / "metrics.json").read_text())["mIoU"]
+        assert float(row["mIoU"]) == pytest.approx(logged)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(float(rows[0]["mIoU"]))
+    assert f"best trial: {rows[0]['trial']}" in out.stdout + out.stderr
