@@ -242,3 +242,29 @@ def test_optuna_sweep_of_two_trials_names_the_best(tmp_path):
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(float(rows[0]["mIoU"]))
     assert f"best trial: {rows[0]['trial']}" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("gpus,tasks,accelerator", [(4, 4, "gpu"), (0, 1, "cpu")])
+def test_cluster_slurm_sets_slurm_and_lightning_from_the_same_numbers(gpus, tasks, accelerator, tmp_path):
+    cfg = compose_config(
+        "train",
+        ["cluster=slurm", "cluster.nodes=3", f"cluster.gpus_per_node={gpus}", "data.num_workers=5"],
+        tmp_path,
+    )
+    launcher, trainer = cfg.hydra.launcher, cfg.trainer
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.nodes == trainer.num_nodes == 3
+    assert launcher.tasks_per_node == trainer.devices == tasks
+    assert launcher.gpus_per_node == (gpus or None) and trainer.accelerator == accelerator
+    assert launcher.cpus_per_task == 6  # the training process and its 5 DataLoader workers
+    assert cfg.ckpt_path == "auto"
+    assert [p.auto_requeue for p in trainer.plugins] == [False]  # submitit alone handles preemption
+    local = compose_config("train", [], tmp_path / "local")
+    assert "cluster" not in local and local.trainer.devices == 1 and "plugins" not in local.trainer
+
+
+def test_hparams_search_optuna_composes_with_a_search_space(tmp_path):
+    cfg = compose_config("train", ["hparams_search=optuna", "logger=wandb"], tmp_path)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
+    assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "optimizer.weight_decay"}
+    assert cfg.logger.wandb.group.startswith("sweep-") and cfg.logger.wandb._target_.endswith("WandbLogger")
