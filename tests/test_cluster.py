@@ -167,7 +167,7 @@ def test_requeued_and_signalled_job_continues_in_its_folder_to_the_same_weights(
 
 
 def test_ckpt_path_auto_starts_fresh_then_continues_in_the_same_folder(train_cfg, tmp_path):
-    common = ["ckpt_path=auto", "callbacks.model_checkpoint.save_top_k=-1"]
+    common = ["ckpt_path=auto", "callbacks.model_checkpoint.save_top_k=-1", "data.image_size=32", "test=false"]
     train(train_cfg(*common, "trainer.max_epochs=1"))
     run = tmp_path / "run"
     first = {p.name: p.read_bytes() for p in (run / "checkpoints").glob("epoch*.ckpt")}
