@@ -54,6 +54,8 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 CONF
 }
 
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }  # a daemon is running: its pid file names a live process
+
 up() { sinfo -h -o '%T' 2>/dev/null | grep -q idle && [ "$(sinfo -h -N -o '%T' 2>/dev/null | grep -cE 'idle|alloc|mix')" = 2 ]; }
 
 start() {
@@ -65,11 +67,9 @@ start() {
     if [ ! -s /etc/munge/munge.key ]; then mungekey -c -f >/dev/null 2>&1 || mungekey -c; fi
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     mkdir -p /run/munge && chown munge:munge /run/munge
-    pgrep -x munged >/dev/null || runuser -u munge -- munged
-    pgrep -x slurmctld >/dev/null || slurmctld -f "$CONF"
-    for n in "${NODES[@]}"; do
-        [ -f "/run/slurmd-$n.pid" ] && kill -0 "$(cat "/run/slurmd-$n.pid")" 2>/dev/null || slurmd -f "$CONF" -N "$n"
-    done
+    alive /run/munge/munged.pid || runuser -u munge -- munged
+    alive /run/slurmctld.pid || slurmctld -f "$CONF"
+    for n in "${NODES[@]}"; do alive "/run/slurmd-$n.pid" || slurmd -f "$CONF" -N "$n"; done
     for _ in $(seq 60); do
         if up; then
             scontrol update nodename=n1,n2 state=resume >/dev/null 2>&1 || true
@@ -84,7 +84,10 @@ start() {
 
 stop() {
     scontrol shutdown >/dev/null 2>&1 || true
-    for _ in $(seq 20); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 0.5; done
+    for _ in $(seq 20); do
+        alive /run/slurmctld.pid || alive /run/slurmd-n1.pid || alive /run/slurmd-n2.pid || break
+        sleep 0.5
+    done
     echo "stopped"
 }
 
