@@ -7,6 +7,7 @@ folder and returns the value of `optimized_metric` for sweeps.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -25,14 +26,19 @@ from src.run import (
     check_resume,
     finish_loggers,
 )
+from src.utils.cluster import newest_checkpoint, publish_run_dir, torchrun_run_dir_args
 from src.utils.report import print_config, print_scores, write_metrics
 
 
 def train(cfg: DictConfig) -> dict:
     """Run training as `cfg` says; returns {"val": scores, "test": scores (if run)}."""
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = check_ckpt(cfg.get("ckpt_path"))
-    check_fresh_output(output_dir)
+    publish_run_dir(output_dir)  # torchrun: the other ranks write into rank 0's folder
+    if cfg.get("ckpt_path") == "auto":  # continue this folder's run from its newest checkpoint, if it has one
+        ckpt_path = newest_checkpoint(output_dir)
+    else:
+        ckpt_path = check_ckpt(cfg.get("ckpt_path"))
+        check_fresh_output(output_dir)
     if cfg.get("extras", {}).get("print_config"):
         print_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -79,4 +85,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv += torchrun_run_dir_args(sys.argv)
     main()

@@ -1,3 +1,4 @@
-"""Helpers below the composition layer: composing configs from Python, reports (tables, metrics.json), precision."""
+"""Helpers below the composition layer: composing configs from Python, reports (tables, metrics.json), precision,
+cluster settings."""
 
-from src.utils import precision  # noqa: F401  (registers the ${precision:...} config resolver)
+from src.utils import cluster, precision  # noqa: F401  (register the ${precision:...} and ${cluster_*:...} resolvers)
