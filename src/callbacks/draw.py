@@ -65,7 +65,7 @@ def _font(size: int = 11):
         return ImageFont.load_default()
 
 
-def _fit(image: np.ndarray, min_side: int, max_side: int, nearest: bool = True) -> np.ndarray:
+def fit(image: np.ndarray, min_side: int, max_side: int, nearest: bool = True) -> np.ndarray:
     """Scale so that the short side is at least `min_side` (by a whole factor, pixels stay sharp) and the long side at
     most `max_side`."""
     h, w = image.shape[:2]
@@ -146,7 +146,7 @@ def panel(
         colorize(pred, palette),
         error_map(image, target, pred, ignore_index),
     ]
-    cells = [_fit(c, min_side, max_side) for c in cells]
+    cells = [fit(c, min_side, max_side) for c in cells]
     labels = ("image", "ground truth", "prediction", "error (red: wrong)")
     row = hstack([titled(c, t) for c, t in zip(cells, labels)])
     present = sorted(set(np.unique(target).tolist()) | set(np.unique(pred).tolist()))

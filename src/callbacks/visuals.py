@@ -184,15 +184,15 @@ class Visuals(Callback):
         finally:
             pl_module.train(was_training)
 
-    def _fit(self, image: np.ndarray) -> np.ndarray:
-        return draw._fit(image, self.min_side, self.max_side, nearest=False)
+    def _sized(self, image: np.ndarray) -> np.ndarray:
+        return draw.fit(image, self.min_side, self.max_side, nearest=False)
 
     def _attention_panel(self, pl_module, image: np.ndarray, x: torch.Tensor, maps) -> np.ndarray:
         """Rows: query points; columns: each stage's head-averaged attention of the query (+ rollout for ViTs)."""
         h, w = x.shape[-2:]
         padded = padded_size(pl_module, h, w)
         fy, fx = h / padded[0], w / padded[1]  # image fractions -> grid fractions
-        base = self._fit(image)
+        base = self._sized(image)
         try:
             rolled = rollout(maps)
         except ValueError:
@@ -214,7 +214,7 @@ class Visuals(Callback):
         rel, _ = class_relevance(pl_module, x, cls)
         h, w = x.shape[-2:]
         padded = padded_size(pl_module, h, w)
-        base = self._fit(image)
+        base = self._sized(image)
         cells = [draw.titled(base, f"relevance for '{names[cls]}'")]
         for s, r in enumerate(rel):
             title = f"stage {s}" if len(rel) > 1 else "all blocks"
