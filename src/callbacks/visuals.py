@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,6 +98,7 @@ class Visuals(Callback):
         fitting = trainer.state.fn == "fit"
         if fitting and (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        start = time.perf_counter()
         folder = Path(trainer.default_root_dir) / "visuals"
         folder = folder / (f"epoch{trainer.current_epoch:03d}" if fitting else trainer.state.fn.value)
         media = Media()
@@ -106,6 +108,7 @@ class Visuals(Callback):
             self._samples(trainer, pl_module, media)
         if fitting:
             route(trainer, media, folder)
+        log.info("Visuals: %s drawn in %.2f s", folder.name, time.perf_counter() - start)  # its cost, in the run's log
 
     # -- what ------------------------------------------------------------------------------------------------
     def _confusion(self, pl_module, folder: Path, media: Media) -> None:
