@@ -135,3 +135,16 @@ def test_resume_continues_the_same_wandb_run_with_steps_continuing(train_cfg, tm
     assert min(h["_step"] for h in second) > max(h["_step"] for h in first)
     steps = lambda hist: [h["trainer/global_step"] for h in hist if "train/loss_step" in h]  # noqa: E731
     assert min(steps(second)) > max(steps(first))
+
+
+def test_log_model_uploads_the_best_checkpoint_as_an_artifact(train_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(train_cfg("logger=wandb", "logger.wandb.log_model=true", "debug=limit", "callbacks.visuals=null"))
+    run_id = json.loads((tmp_path / "run" / "wandb_run.json").read_text())["id"]
+    records = wandb_records(next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
+    artifacts = [r.artifact for r in records if r.HasField("artifact") and r.artifact.type == "model"]
+    assert [a.name for a in artifacts] == [f"model-{run_id}"]
+    assert set(artifacts[0].aliases) == {"best", "latest"}
+    files = [e.path for e in artifacts[0].manifest.contents]
+    best = next((tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")).name
+    assert files == [best]  # the monitored best, not last.ckpt
