@@ -53,6 +53,7 @@ class SegMetrics(MulticlassConfusionMatrix):
     """A torchmetrics Metric holding the confusion matrix; `compute()` returns `scores_from_confmat`'s dict.
 
     `update` takes logits (N,C,H,W) or labels (N,H,W) and targets (N,H,W); pixels at `ignore_index` are skipped.
+    `last_confmat` holds the matrix of the last `compute()` (summed across processes, on the CPU) for figures.
     """
 
     full_state_update = False
@@ -60,6 +61,7 @@ class SegMetrics(MulticlassConfusionMatrix):
     def __init__(self, num_classes: int, ignore_index: int | None = None, class_names: Sequence[str] | None = None):
         super().__init__(num_classes=num_classes, ignore_index=ignore_index, validate_args=False)
         self.class_names = list(class_names) if class_names is not None else None
+        self.last_confmat: torch.Tensor | None = None
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch to the matrix without waiting for the device: ignored pixels are counted with weight 0
@@ -76,4 +78,5 @@ class SegMetrics(MulticlassConfusionMatrix):
         self.confmat.view(-1).index_add_(0, index.flatten(), weight.flatten())
 
     def compute(self) -> dict:
-        return scores_from_confmat(super().compute(), self.class_names)
+        self.last_confmat = super().compute().detach().cpu()
+        return scores_from_confmat(self.last_confmat, self.class_names)

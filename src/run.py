@@ -18,9 +18,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from src.callbacks.run_identity import identity_callbacks
 from src.errors import UserError, existing_file
 from src.models.module import SegmentationModule
 from src.utils.io import AtomicCheckpointIO
+from src.utils.loggers import logger_configs
 
 
 def instantiate(cfg, **kwargs):
@@ -137,7 +139,8 @@ def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
     callbacks: list[Callback] = instantiate_list(cfg.get("callbacks")) + list(extra_callbacks)
-    loggers: list[Logger] = instantiate_list(cfg.get("logger"))
+    loggers: list[Logger] = [instantiate(c) for c in logger_configs(cfg)]  # W&B: offline without key/network
+    callbacks += identity_callbacks(loggers)  # W&B run id in checkpoints: a resumed run continues the same run
     if not loggers:  # `logger=none`: LearningRateMonitor would stop the run ("Cannot use ... without a logger")
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
