@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: `python -m src.eval ckpt_path=PATH [split=val|test] [data=NAME ...]`.
+"""Evaluate a checkpoint: `python -m src.eval ckpt_path=PATH [split=val|test] [data=NAME ...] [infer=slide|tta]`.
 
 The network, loss and data settings come from the config stored in the checkpoint by `src.train`, so a checkpoint
 is all that is needed; `data=...` (and `data.key=value`) evaluate it on other data with the same classes. Prints
@@ -13,7 +13,15 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from src.errors import UserError, exit_on_user_error
-from src.run import build_datamodule, build_module, build_trainer, check_ckpt, finish_loggers, stored_run_config
+from src.run import (
+    build_datamodule,
+    build_inferer,
+    build_module,
+    build_trainer,
+    check_ckpt,
+    finish_loggers,
+    stored_run_config,
+)
 from src.utils.report import print_scores, write_metrics
 
 SPLITS = ("val", "test")
@@ -35,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if "pretrained" in stored.model:  # the checkpoint's weights replace any initial weights
             stored.model.pretrained = None
     datamodule = build_datamodule(stored)
-    module = build_module(stored, datamodule)
+    module = build_module(stored, datamodule, inferer=build_inferer(cfg.get("infer"), stored, datamodule))
     trainer = build_trainer(stored)
     run = trainer.test if cfg.split == "test" else trainer.validate
     try:

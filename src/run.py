@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from lightning import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UserError, existing_file
 from src.models.module import SegmentationModule
@@ -50,8 +50,9 @@ def build_datamodule(cfg: DictConfig, validate: bool = True):
     return datamodule
 
 
-def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
-    """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule.
+def build_module(cfg: DictConfig, datamodule, inferer=None) -> SegmentationModule:
+    """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule;
+    `inferer` (see build_inferer) is how its evaluation steps apply the network (None: one whole-image pass).
 
     A loss that needs per-pixel inputs computed from the mask in the data pipeline (e.g. a boundary weight map)
     names them in `loss.sample_extras()`; they are handed to the training dataset here.
@@ -68,8 +69,41 @@ def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
         class_names=datamodule.class_names,
         ignore_index=datamodule.ignore_index,
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        inferer=inferer,
         **OmegaConf.to_container(cfg.get("module") or OmegaConf.create({}), resolve=True),
     )
+
+
+def build_inferer(infer_cfg: DictConfig | None, run_cfg: DictConfig, datamodule):
+    """The `infer` config group as an `Inferer` (src/models/infer.py) for the run `run_cfg`: a sliding window
+    without `crop` takes the run's training crop (`data.crop_size`), and the dense CRF learns the pipeline's
+    normalisation (to see the RGB image again)."""
+    if infer_cfg is None:
+        return None
+    infer_cfg = infer_cfg.copy()
+    with open_dict(infer_cfg):
+        if infer_cfg.get("slide") and infer_cfg.get("crop") is None:
+            crop = run_cfg.data.get("crop_size")
+            if crop is None:
+                raise UserError(
+                    "infer=slide: this run's data config has no crop_size; give the window with infer.crop=[h,w]."
+                )
+            infer_cfg.crop = list(crop)
+        infer_cfg.mean, infer_cfg.std = normalisation(datamodule)
+    return instantiate(infer_cfg, _convert_="all")
+
+
+def normalisation(datamodule) -> tuple[list[float], list[float]]:
+    """(mean, std) per channel in 0..255 units of the images the network sees: the datamodule's own `mean`/`std`
+    if it has them, else the `Normalize` step of its evaluation pipeline, else the 1/255 scaling of SegDataset."""
+    if getattr(datamodule, "mean", None) is not None and getattr(datamodule, "std", None) is not None:
+        return [float(v) for v in datamodule.mean], [float(v) for v in datamodule.std]
+    for step in getattr(datamodule.eval_transform, "transforms", []) or []:
+        if type(step).__name__ == "Normalize":
+            scale = float(step.max_pixel_value or 1.0)
+            mean, std = (list(v) if hasattr(v, "__len__") else [v] * 3 for v in (step.mean, step.std))
+            return [float(m) * scale for m in mean], [float(s) * scale for s in std]
+    return [0.0, 0.0, 0.0], [255.0, 255.0, 255.0]
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):

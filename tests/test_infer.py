@@ -1,0 +1,126 @@
+"""Inference modes (src/models/infer.py): whole, sliding window (batched, flat or Gaussian), multi-scale + flip."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.errors import UserError
+from src.models.infer import Inferer, gaussian_weights, window_count, window_starts
+from src.models.net import unet_classic
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model = unet_classic(num_classes=4, base_channels=4, depth=2).eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+
+
+def test_window_grid_covers_the_image_and_stays_inside():
+    assert window_starts(56, 32, 20) == [0, 20, 24]  # last window moved back to end at the border
+    assert window_starts(40, 64, 20) == [0]
+    for size, crop, stride in [(100, 32, 7), (33, 32, 32), (512, 128, 85)]:
+        starts = window_starts(size, crop, stride)
+        covered = torch.zeros(size, dtype=torch.bool)
+        for s in starts:
+            assert 0 <= s <= size - crop
+            covered[s : s + crop] = True
+        assert covered.all()
+    assert window_count(40, 56, (24, 32), (16, 20)) == 2 * 3
+
+
+def test_slide_batched_equals_one_window_at_a_time(net, images):
+    kwargs = dict(slide=True, crop=(24, 32), stride=(16, 20))
+    for weighting in ("flat", "gaussian"):
+        one = Inferer(batch_size=1, weighting=weighting, **kwargs)(net, images)
+        batched = Inferer(batch_size=5, weighting=weighting, **kwargs)(net, images)
+        assert batched.shape == images.shape[:1] + (4,) + images.shape[2:]
+        torch.testing.assert_close(batched, one, atol=1e-5, rtol=1e-5)
+
+
+def test_slide_with_one_window_covering_the_image_equals_whole(net, images):
+    whole = net(images)
+    for crop in ((40, 56), (64, 64)):  # exactly the image, and larger than it
+        out = Inferer(slide=True, crop=crop, stride=crop, weighting="gaussian")(net, images)
+        torch.testing.assert_close(out, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_slide_output_differs_from_whole_when_windows_are_smaller(net, images):
+    out = Inferer(slide=True, crop=(24, 32), stride=(16, 20))(net, images)
+    assert not torch.allclose(out, net(images), atol=1e-3)
+
+
+def test_gaussian_weights_positive_everywhere_and_peak_in_the_centre():
+    for h, w in [(1, 1), (7, 9), (32, 48), (512, 512)]:
+        g = gaussian_weights(h, w)
+        assert g.shape == (h, w) and torch.isfinite(g).all() and (g > 0).all()
+        assert g.max() == pytest.approx(1.0)
+        assert g[h // 2, w // 2] == g.max()
+    g = gaussian_weights(64, 64)
+    # sigma = 1/8 of the side: the border is about 4 sigma from the centre
+    # row 0 is 31.5 px from the centre (sigma 8), column 32 is as far from it as the peak pixels
+    expected = math.exp(-((31.5 / 8) ** 2 - (0.5 / 8) ** 2) / 2)
+    assert g[0, 32].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_gaussian_blend_equals_flat_without_overlap_and_differs_with_it(net, images):
+    # windows tile the image exactly: every pixel has one window, the weights cancel
+    tiled = dict(slide=True, crop=(20, 28), stride=(20, 28))
+    torch.testing.assert_close(
+        Inferer(weighting="gaussian", **tiled)(net, images), Inferer(weighting="flat", **tiled)(net, images)
+    )
+    overlap = dict(slide=True, crop=(24, 32), stride=(8, 8))
+    gauss, flat = Inferer(weighting="gaussian", **overlap)(net, images), Inferer(**overlap)(net, images)
+    assert torch.isfinite(gauss).all()
+    assert not torch.allclose(gauss, flat, atol=1e-4)
+
+
+def test_tta_one_scale_no_flip_equals_whole(net, images):
+    whole = net(images)
+    torch.testing.assert_close(Inferer(scales=[1.0], flip=False)(net, images), whole)
+    # the averaging path with the same view twice: the probabilities are the whole image's
+    twice = Inferer(scales=[1.0, 1.0], flip=False)(net, images)
+    torch.testing.assert_close(twice.softmax(1), whole.softmax(1), atol=1e-5, rtol=1e-4)
+
+
+def test_tta_averages_probabilities_of_scaled_and_flipped_views_at_the_input_size(net, images):
+    out = Inferer(scales=[0.5, 1.0], flip=True)(net, images)
+    assert out.shape[-2:] == images.shape[-2:]
+    size = images.shape[-2:]
+    expected = torch.zeros_like(out)
+    for scale in (0.5, 1.0):
+        x = F.interpolate(images, scale_factor=scale, mode="bilinear") if scale != 1 else images
+        for flipped in (False, True):
+            logits = net(x.flip(-1)).flip(-1) if flipped else net(x)
+            expected += F.interpolate(logits, size=size, mode="bilinear").softmax(1) / 4
+    torch.testing.assert_close(out.softmax(1), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_tta_composes_with_slide(net, images):
+    crop = dict(slide=True, crop=(24, 32), stride=(16, 20))
+    out = Inferer(scales=[1.0], flip=True, **crop)(net, images)
+    slide = Inferer(**crop)
+    expected = (slide(net, images).softmax(1) + slide(net, images.flip(-1)).flip(-1).softmax(1)) / 2
+    torch.testing.assert_close(out.softmax(1), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(slide=True, crop=None), "infer.crop"),
+        (dict(slide=True, crop=(16, 16), stride=(32, 8)), "infer.stride"),
+        (dict(weighting="cosine"), "infer.weighting"),
+        (dict(scales=[]), "infer.scales"),
+        (dict(batch_size=0), "infer.batch_size"),
+    ],
+)
+def test_bad_settings_name_the_key(kwargs, key):
+    with pytest.raises(UserError, match=key):
+        Inferer(**kwargs)
