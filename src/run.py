@@ -146,13 +146,51 @@ def check_fresh_output(output_dir: str | Path) -> None:
 
 def stored_run_config(ckpt_path: Path) -> DictConfig:
     """The resolved training config stored in a checkpoint of this template."""
+    return OmegaConf.create(read_checkpoint(ckpt_path)["run_config"])
+
+
+def read_checkpoint(ckpt_path: Path) -> dict:
+    """A checkpoint of this template (its `run_config` and `state_dict`); a UserError naming the file otherwise."""
     import torch
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if "run_config" not in ckpt:
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - not a torch file at all: the same message for every reason
+        raise UserError(f"{ckpt_path}: cannot be read as a PyTorch checkpoint ({type(err).__name__}).") from err
+    if not isinstance(ckpt, dict) or "run_config" not in ckpt:
         raise UserError(
             f"{ckpt_path} holds no run config: it was not written by src.train of this template. "
             "Evaluate it through a training config instead: python -m src.train ... "
             f"model.pretrained={ckpt_path} trainer.max_epochs=0."
         )
-    return OmegaConf.create(ckpt["run_config"])
+    return ckpt
+
+
+def load_trained(path: str | Path, key: str = "ckpt_path"):
+    """(run config, network in eval mode with the trained weights, datamodule) from a checkpoint of this template
+    or a model folder written by `python -m src.export format=folder`; nothing is downloaded (initial weights named
+    in the stored config are not loaded: the trained ones replace them) and the dataset's files are not needed."""
+    from src.models.export import FOLDER_CONFIG, read_model_folder
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        run_cfg, state = read_model_folder(path, key)
+    else:
+        path = check_ckpt(path, key)
+        ckpt = read_checkpoint(path)
+        run_cfg = OmegaConf.create(ckpt["run_config"])
+        state = {k[len("net.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
+    with open_dict(run_cfg):
+        for name in ("pretrained", "encoder_weights"):
+            if name in run_cfg.model:
+                run_cfg.model[name] = None
+    net = instantiate(run_cfg.model)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(
+            f"{key}={path}: its weights do not fit the network its config describes ({str(err).splitlines()[0]}). "
+            f"Is {FOLDER_CONFIG if path.is_dir() else 'the checkpoint'} from another version of the template?"
+        ) from err
+    datamodule = build_datamodule(run_cfg, validate=False)
+    return run_cfg, net.eval(), datamodule
