@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from src.data.base import SegDataset
 from src.data.scan import IMAGE_SUFFIXES, header, read_image
 from src.errors import UserError, exit_on_user_error
+from src.models.export import palette_of
 from src.models.infer import Inferer
 from src.run import build_inferer, load_trained
 
@@ -84,23 +85,6 @@ def check_output(output: str) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output={out} already exists and is not empty; nothing is overwritten. Choose a new folder.")
     return out
-
-
-def palette_of(datamodule, num_classes: int) -> list[list[int]]:
-    """The dataset's class colours, or distinct generated ones (the PASCAL VOC colour map)."""
-    if datamodule.palette is not None and len(datamodule.palette) >= num_classes:
-        return [list(c) for c in datamodule.palette]
-    colours = []
-    for i in range(num_classes):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colours.append([r, g, b])
-    return colours
 
 
 def size_batches(sizes: dict[int, tuple[int, int]], batch_size: int) -> list[list[int]]:

@@ -216,6 +216,21 @@ def time_it(fn: Callable, *args, repeat: int = 3) -> float:
     return best
 
 
+def palette_of(datamodule, num_classes: int) -> list[list[int]]:
+    """The dataset's class colours, or distinct generated ones (the PASCAL VOC colour map) when it has none."""
+    if getattr(datamodule, "palette", None) is not None and len(datamodule.palette) >= num_classes:
+        return [list(c) for c in datamodule.palette]
+    colours = []
+    for i in range(num_classes):
+        rgb, c = [0, 0, 0], i
+        for j in range(8):
+            for k in range(3):
+                rgb[k] |= ((c >> k) & 1) << (7 - j)
+            c >>= 3
+        colours.append(rgb)
+    return colours
+
+
 # -- model folders -------------------------------------------------------------------------------------------------
 def write_model_folder(
     folder: Path,
