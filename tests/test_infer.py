@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from src.errors import UserError
+from src.models.crf import dense_crf
 from src.models.infer import Inferer, gaussian_weights, window_count, window_starts
 from src.models.net import unet_classic
 
@@ -124,3 +126,54 @@ def test_tta_composes_with_slide(net, images):
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(UserError, match=key):
         Inferer(**kwargs)
+
+
+def crf_case():
+    """A 32x48 image, dark left of column 24 and bright right of it; the network's probabilities put the class
+    border at column 16 instead, with confidence falling towards it (0.9 far away, 0.55 next to it)."""
+    image = np.zeros((32, 48, 3), np.uint8)
+    image[:, 24:] = 255
+    cols = np.arange(48)
+    p1 = np.where(cols < 16, 0.1 + 0.35 * np.clip((cols - 8) / 8, 0, 1), 0.55 + 0.35 * np.clip((cols - 16) / 8, 0, 1))
+    probs = np.stack([1 - p1, p1])[:, None, :].repeat(32, 1).astype(np.float32)
+    return probs, image
+
+
+def test_crf_with_dominating_unary_returns_the_input_labels():
+    probs, image = crf_case()
+    refined = dense_crf(probs, image, gaussian_compat=0.01, bilateral_compat=0.01)
+    assert refined.shape == probs.shape
+    np.testing.assert_allclose(refined.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(refined.argmax(0), probs.argmax(0))
+
+
+def test_crf_moves_labels_onto_the_image_edge():
+    probs, image = crf_case()
+    labels = dense_crf(probs, image, bilateral_sxy=20, bilateral_srgb=10).argmax(0)
+    changed = labels != probs.argmax(0)
+    assert changed.any()
+    cols = np.nonzero(changed.any(0))[0]
+    assert cols.min() >= 8 and cols.max() < 24  # only near the edges, towards the image's own edge at 24
+    assert (labels[:, :16] == 0).all() and (labels[:, 24:] == 1).all()
+
+
+def test_inferer_with_crf_returns_log_probabilities_at_the_input_size(net, images):
+    out = Inferer(crf=True, crf_params={"iterations": 2})(net, images)
+    assert out.shape == (2, 4, 40, 56)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(2, 40, 56), atol=1e-3, rtol=0)
+
+
+def test_crf_missing_library_is_one_clear_message(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_crf(name, *args, **kwargs):
+        if name.startswith("pydensecrf"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_crf)
+    with pytest.raises(UserError, match="infer.crf=true needs .*pip install pydensecrf2"):
+        Inferer(crf=True)
+    Inferer(slide=True, crop=(16, 16))  # everything else still works
