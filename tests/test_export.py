@@ -1,6 +1,8 @@
 """Export (src/models/export.py, src/export.py): ONNX and TorchScript parity on two input sizes for an smp model,
 FCN-8s and SegNet; the export fails above the tolerance; model folders load in src.predict and model.pretrained."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,7 @@ from src.models.net import fcn, segnet, smp_net, unet_classic
 from src.models.pretrained import load_pretrained
 from src.predict import predict
 from src.train import train
-from tests.conftest import FAST, compose_config
+from tests.conftest import FAST, ROOT, compose_config
 
 SIZES = [(1, 40, 56), (2, 33, 71)]  # two sizes, neither a multiple of the stride, batch 1 and 2
 TINY_VGG = dict(channels=[4, 4, 8, 8, 8], convs=[1, 1, 1, 1, 1])
@@ -144,3 +146,18 @@ def test_bad_format_and_missing_model_folder_files(ckpt, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="model.safetensors"):
         read_model_folder(tmp_path / "empty")
+
+
+def test_inference_benchmark_prints_its_tables(ckpt, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("inference_benchmark", ROOT / "benchmarks" / "inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main([f"--ckpt={ckpt}", "--size", "32", "48", "--images", "2", "--eval-batches", "2", "--crop", "16", "24",
+                "--threads", "1", "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["speed"]["slide_batched_vs_one_max_abs_diff"] < 1e-4
+    assert set(results["accuracy"]) == set(bench.MODES)
+    assert "| slide, one window at a time |" in out and "| whole + CRF |" in out
