@@ -133,8 +133,8 @@ def test_model_folder_predicts_like_the_checkpoint_and_loads_as_pretrained(ckpt,
         np.testing.assert_array_equal(a, b)
     # model.pretrained=FOLDER: the same weights, into a freshly built network
     run_cfg, state = read_model_folder(folder)
-    net = unet_classic(num_classes=6, base_channels=8, depth=2)
-    report = load_pretrained(net, folder)
+    net = unet_classic(num_classes=6, base_channels=8, depth=2, pretrained=str(folder))  # model.pretrained=FOLDER
+    report = load_pretrained(unet_classic(num_classes=6, base_channels=8, depth=2), folder)
     assert not report.missing and not report.unexpected
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, state[k])
