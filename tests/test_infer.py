@@ -177,3 +177,34 @@ def test_crf_missing_library_is_one_clear_message(monkeypatch):
     with pytest.raises(UserError, match="infer.crf=true needs .*pip install pydensecrf2"):
         Inferer(crf=True)
     Inferer(slide=True, crop=(16, 16))  # everything else still works
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["infer=slide"],
+        ["infer=slide", "infer.crop=[512,512]", "infer.stride=[341,341]", "infer.weighting=gaussian"],
+        ["infer=tta"],
+        ["infer=tta", "infer.slide=true"],
+        ["infer.crf=true"],
+    ],
+)
+def test_readme_infer_overrides_build_an_inferer(overrides, tmp_path):
+    """The README's `infer=...` commands compose for src.eval and src.predict and build the mode they describe."""
+    from omegaconf import OmegaConf
+
+    from src.run import build_inferer
+    from tests.conftest import compose_config
+
+    run_cfg = OmegaConf.create({"data": {"crop_size": [360, 480]}})
+    datamodule = type("DM", (), {"eval_transform": None})()
+    for name in ("eval", "predict"):
+        cfg = compose_config(
+            name, ["ckpt_path=x.ckpt", "input=a", "output=b"][: 1 if name == "eval" else 3] + overrides, tmp_path
+        )
+        inferer = build_inferer(cfg.infer, run_cfg, datamodule)
+        assert inferer.slide == ("infer=slide" in overrides or "infer.slide=true" in overrides)
+        if inferer.slide and "infer.crop=[512,512]" not in overrides:
+            assert inferer.crop == (360, 480) and inferer.stride == (240, 320)  # the training crop, 2/3 stride
+        assert inferer.flip == ("infer=tta" in overrides) and inferer.crf == ("infer.crf=true" in overrides)
