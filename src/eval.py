@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: `python -m src.eval ckpt_path=PATH [split=val|test] [data=NAME ...]`.
+"""Evaluate a checkpoint: `python -m src.eval ckpt_path=PATH [split=val|test] [data=NAME ...] [infer=slide|tta]`.
 
 The network, loss and data settings come from the config stored in the checkpoint by `src.train`, so a checkpoint
 is all that is needed; `data=...` (and `data.key=value`) evaluate it on other data with the same classes. Prints
@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.errors import DataError, UserError, exit_on_user_error
 from src.run import (
     build_datamodule,
+    build_inferer,
     build_module,
     build_trainer,
     check_ckpt,
@@ -68,7 +69,7 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     if trained_on is not None and trained_on != datamodule.num_classes:
         raise UserError(f"ckpt_path={ckpt_path} does not fit this data. {fix}")
-    module = build_module(stored, datamodule)
+    module = build_module(stored, datamodule, inferer=build_inferer(cfg.get("infer"), stored, datamodule))
     check_weights_fit(ckpt, ckpt_path, module, fix)
     trainer = build_trainer(stored)
     run = trainer.test if cfg.split == "test" else trainer.validate

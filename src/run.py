@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from lightning import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.run_identity import identity_callbacks
 from src.errors import UserError, existing_file
@@ -118,8 +118,9 @@ def sample_extras(loss) -> dict:
     return dict(loss.sample_extras()) if hasattr(loss, "sample_extras") else {}
 
 
-def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
-    """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule."""
+def build_module(cfg: DictConfig, datamodule, inferer=None) -> SegmentationModule:
+    """The LightningModule: network, loss, optimizer and schedule from `cfg`, labels from the datamodule;
+    `inferer` (see build_inferer) is how its evaluation steps apply the network (None: one whole-image pass)."""
     loss = instantiate(cfg.loss)
     module = SegmentationModule(
         net=instantiate(cfg.model),
@@ -130,11 +131,46 @@ def build_module(cfg: DictConfig, datamodule) -> SegmentationModule:
         class_names=datamodule.class_names,
         ignore_index=datamodule.ignore_index,
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        inferer=inferer,
         **OmegaConf.to_container(cfg.get("module") or OmegaConf.create({}), resolve=True),
     )
     if cfg.get("trainer", {}).get("compile"):
         module.net.compile()  # in place: parameter names, checkpoints and the module's API stay as they are
     return module
+
+
+def build_inferer(infer_cfg: DictConfig | None, run_cfg: DictConfig, datamodule):
+    """The `infer` config group as an `Inferer` (src/models/infer.py) for the run `run_cfg`: a sliding window
+    without `crop` takes the run's training crop (`data.crop_size`), and the dense CRF learns the pipeline's
+    normalisation (to see the RGB image again)."""
+    if infer_cfg is None:
+        return None
+    infer_cfg = infer_cfg.copy()
+    with open_dict(infer_cfg):
+        if infer_cfg.get("slide") and infer_cfg.get("crop") is None:
+            crop = run_cfg.data.get("crop_size")
+            if crop is None:
+                raise UserError(
+                    "infer=slide: this run's data config has no crop_size; give the window with infer.crop=[h,w]."
+                )
+            infer_cfg.crop = list(crop)
+        infer_cfg.mean, infer_cfg.std = normalisation(datamodule)
+    return instantiate(infer_cfg, _convert_="all")
+
+
+def normalisation(datamodule) -> tuple[list[float], list[float]]:
+    """(mean, std) per channel in 0..255 units of the images the network sees: the `Normalize` step of the
+    evaluation pipeline when it normalises on the host, else the datamodule's device-side normalisation
+    (`datamodule.batch_transform`, in 0..1 units), else the 1/255 scaling of SegDataset."""
+    for step in getattr(datamodule.eval_transform, "transforms", []) or []:
+        if type(step).__name__ == "Normalize":
+            scale = float(step.max_pixel_value or 1.0)
+            mean, std = (list(v) if hasattr(v, "__len__") else [v] * 3 for v in (step.mean, step.std))
+            return [float(m) * scale for m in mean], [float(s) * scale for s in std]
+    device = getattr(datamodule, "batch_transform", None)
+    if device is not None:
+        return [255.0 * float(v) for v in device.mean], [255.0 * float(v) for v in device.std]
+    return [0.0, 0.0, 0.0], [255.0, 255.0, 255.0]
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
@@ -242,4 +278,34 @@ def stored_run_config(ckpt_path: Path, ckpt: dict | None = None) -> DictConfig:
             "Evaluate it through a training config instead: python -m src.train ... "
             f"model.pretrained={ckpt_path} trainer.max_epochs=0."
         )
-    return OmegaConf.create(ckpt["run_config"])
+    return ckpt
+
+
+def load_trained(path: str | Path, key: str = "ckpt_path"):
+    """(run config, network in eval mode with the trained weights, datamodule) from a checkpoint of this template
+    or a model folder written by `python -m src.export format=folder`; nothing is downloaded (initial weights named
+    in the stored config are not loaded: the trained ones replace them) and the dataset's files are not needed."""
+    from src.models.export import FOLDER_CONFIG, read_model_folder
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        run_cfg, state = read_model_folder(path, key)
+    else:
+        path = check_ckpt(path, key)
+        ckpt = load_checkpoint(path, key)
+        run_cfg = stored_run_config(path, ckpt)
+        state = {k[len("net.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
+    with open_dict(run_cfg):
+        for name in ("pretrained", "encoder_weights"):
+            if name in run_cfg.model:
+                run_cfg.model[name] = None
+    net = instantiate(run_cfg.model)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(
+            f"{key}={path}: its weights do not fit the network its config describes ({str(err).splitlines()[0]}). "
+            f"Is {FOLDER_CONFIG if path.is_dir() else 'the checkpoint'} from another version of the template?"
+        ) from err
+    datamodule = build_datamodule(run_cfg, validate=False)
+    return run_cfg, net.eval(), datamodule

@@ -58,9 +58,10 @@ class SegmentationModule(L.LightningModule):
         train_metrics: bool = True,
         channels_last: bool = False,
         run_config: dict | None = None,
+        inferer: Callable | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "run_config"])
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "run_config", "inferer"])
         self.net, self.loss = net, loss
         # the batch keys the loss takes beside logits and mask (e.g. "weight": a boundary weight map)
         self.loss_keys = tuple(loss.sample_extras()) if hasattr(loss, "sample_extras") else ()
@@ -69,6 +70,7 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.run_config = run_config
+        self.inferer = inferer  # evaluation: inferer(self, images) -> logits (src/models/infer.py); None: self(images)
         self.metrics = nn.ModuleDict(
             {f"{stage}_": SegMetrics(num_classes, ignore_index, self.class_names) for stage in ("train", "val", "test")}
         )  # keys get a "_" because ModuleDict may not shadow nn.Module.train
@@ -123,7 +125,7 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch, stage: str):
-        logits = self(batch["image"])
+        logits = self.inferer(self, batch["image"]) if self.inferer is not None else self(batch["image"])
         if logits.shape[-2:] != batch["mask"].shape[-2:]:  # image resized for evaluation, mask at full size
             logits = F.interpolate(logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
         self._loss(logits, batch, stage)

@@ -1,11 +1,11 @@
 """Weights from elsewhere: a local file (`model.pretrained=PATH`) and the online hubs (`model.encoder_weights=...`).
 
-`load_pretrained(net, path)` reads a plain state dict (`torch.save(model.state_dict())`), a safetensors file or a
-Lightning checkpoint of this template (weights under `state_dict`, prefixed `net.`), finds how the file's keys line
-up with the network's (the whole network, the wrapped model, or only its encoder, e.g. an encoder file downloaded
-from the hub by hand), reports missing and unexpected keys, and refuses tensors whose shape differs from the
-network's unless `skip_mismatched=True` (those keep the network's initial values, e.g. a new head with another
-class count).
+`load_pretrained(net, path)` reads a plain state dict (`torch.save(model.state_dict())`), a safetensors file, a
+model folder written by `python -m src.export format=folder`, or a Lightning checkpoint of this template (weights
+under `state_dict`, prefixed `net.`), finds how the file's keys line up with the network's (the whole network, the
+wrapped model, or only its encoder, e.g. an encoder file downloaded from the hub by hand), reports missing and
+unexpected keys, and refuses tensors whose shape differs from the network's unless `skip_mismatched=True` (those
+keep the network's initial values, e.g. a new head with another class count).
 
 `hub_download(what, fallback)` wraps code that may download from the Hugging Face hub: when the hub cannot be
 reached it switches the hub client offline, so that the download fails at once instead of retrying for half a
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # under its encoder (an smp encoder file), under a timm encoder's model (a timm checkpoint)
 KEY_PREFIXES = ("", "net.", "net.encoder.", "net.encoder.model.")
 HUB_TIMEOUT_S = 3.0
+FOLDER_WEIGHTS = "model.safetensors"  # the weights file of a model folder (src/models/export.py)
 
 
 @dataclass
@@ -68,7 +69,13 @@ def _short(keys: list[str], n: int = 8) -> str:
 
 
 def check_pretrained_path(path: str | Path | None) -> Path | None:
-    """Fails before any network is built when model.pretrained names no file."""
+    """Fails before any network is built when model.pretrained names no file (or model folder)."""
+    if path is not None and Path(path).expanduser().is_dir():  # a model folder of `python -m src.export format=folder`
+        return existing_file(
+            Path(path).expanduser() / FOLDER_WEIGHTS,
+            "model.pretrained",
+            "A folder given as model.pretrained is a model folder written by python -m src.export format=folder.",
+        )
     return existing_file(
         path,
         "model.pretrained",
@@ -81,6 +88,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file; a Lightning checkpoint gives its network's weights (without the `net.` of
     the LightningModule attribute)."""
     path = Path(path)
+    if path.is_dir():  # a model folder (python -m src.export format=folder): its weights file
+        path = path / FOLDER_WEIGHTS
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
