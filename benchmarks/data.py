@@ -28,6 +28,7 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
+from benchmarks.settings import split_args  # noqa: E402
 from src.run import build_datamodule  # noqa: E402
 from src.utils.compose import compose_config  # noqa: E402
 
@@ -89,14 +90,9 @@ def move_to_host(data) -> None:
 
 
 def main(argv: list[str]) -> dict:
-    settings = {"batches": "40", "workers": "0,1,2", "floor": "true", "reps": "3", "threads": "1", "host": "false"}
-    overrides = []
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key in settings:
-            settings[key] = value
-        else:
-            overrides.append(arg)
+    settings, overrides = split_args(
+        argv, {"batches": "40", "workers": "0,1,2", "floor": "true", "reps": "3", "threads": "1", "host": "false"}
+    )
     torch.set_num_threads(int(settings["threads"]))
     cv2.setNumThreads(int(settings["threads"]))
     batches = int(settings["batches"])

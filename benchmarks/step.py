@@ -32,6 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from benchmarks.settings import split_args  # noqa: E402
 from src.models.optim import param_groups  # noqa: E402
 from src.run import build_datamodule, build_module, build_trainer, instantiate  # noqa: E402
 from src.utils.compose import compose_config  # noqa: E402
@@ -133,14 +134,7 @@ def paired_run(cfg, datamodule, batches: list[dict], val_batches: list[dict]) ->
 
 
 def main(argv: list[str]) -> dict:
-    settings = {"steps": "40", "warmup": "5", "reps": "5", "threads": "1"}
-    overrides = []
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key in settings:
-            settings[key] = value
-        else:
-            overrides.append(arg)
+    settings, overrides = split_args(argv, {"steps": "40", "warmup": "5", "reps": "5", "threads": "1"})
     steps, warmup, reps = int(settings["steps"]), int(settings["warmup"]), int(settings["reps"])
     torch.set_num_threads(int(settings["threads"]))
     base = ["trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=1"]

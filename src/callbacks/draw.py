@@ -107,25 +107,29 @@ def titled(image: np.ndarray, title: str, font_size: int = 11) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def hstack(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
-    """Images side by side (tops aligned, white gaps and padding)."""
-    h = max(i.shape[0] for i in images)
+def stack(images: Sequence[np.ndarray], axis: int, gap: int = 4) -> np.ndarray:
+    """Images side by side (axis=1, tops aligned) or one below the other (axis=0, left edges aligned), with white
+    gaps and white padding to the largest size across."""
+    across = 1 - axis
+    size = max(i.shape[across] for i in images)
     parts = []
     for k, im in enumerate(images):
         if k:
-            parts.append(np.full((h, gap, 3), 255, np.uint8))
-        parts.append(np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)), constant_values=255))
-    return np.concatenate(parts, axis=1)
+            gap_shape = [0, 0, 3]
+            gap_shape[axis], gap_shape[across] = gap, size
+            parts.append(np.full(gap_shape, 255, np.uint8))
+        pad = [(0, 0), (0, 0), (0, 0)]
+        pad[across] = (0, size - im.shape[across])
+        parts.append(np.pad(im, pad, constant_values=255))
+    return np.concatenate(parts, axis=axis)
+
+
+def hstack(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    return stack(images, axis=1, gap=gap)
 
 
 def vstack(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
-    w = max(i.shape[1] for i in images)
-    parts = []
-    for k, im in enumerate(images):
-        if k:
-            parts.append(np.full((gap, w, 3), 255, np.uint8))
-        parts.append(np.pad(im, ((0, 0), (0, w - im.shape[1]), (0, 0)), constant_values=255))
-    return np.concatenate(parts, axis=0)
+    return stack(images, axis=0, gap=gap)
 
 
 def panel(
