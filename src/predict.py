@@ -24,7 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from src.data.base import SegDataset
-from src.data.scan import IMAGE_SUFFIXES, header, read_image
+from src.data.files import IMAGE_SUFFIXES, read_image
+from src.data.scan import header
 from src.errors import UserError, exit_on_user_error
 from src.models.export import palette_of
 from src.models.infer import Inferer

@@ -278,7 +278,7 @@ def stored_run_config(ckpt_path: Path, ckpt: dict | None = None) -> DictConfig:
             "Evaluate it through a training config instead: python -m src.train ... "
             f"model.pretrained={ckpt_path} trainer.max_epochs=0."
         )
-    return ckpt
+    return OmegaConf.create(ckpt["run_config"])
 
 
 def load_trained(path: str | Path, key: str = "ckpt_path"):

@@ -331,7 +331,8 @@ def test_a_missing_split_is_an_error_naming_the_splits_available(tmp_path):
                 k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in cfg
                 if k != "hydra"
-            }
+            },
+            "state_dict": {},
         },
         ckpt,
     )

@@ -93,7 +93,8 @@ class Visuals(Callback):
 
     # -- when ------------------------------------------------------------------------------------------------
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # fast_dev_run writes nothing but the run's log and metrics (as Lightning does with its loggers)
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.fast_dev_run:
             return
         fitting = trainer.state.fn == "fit"
         if fitting and (trainer.current_epoch + 1) % self.every_n_epochs:
