@@ -67,7 +67,7 @@ def submit(log_dir: Path, *overrides: str) -> subprocess.Popen:
     return proc
 
 
-def finish(proc: subprocess.Popen, timeout: float = 600) -> None:
+def finish(proc: subprocess.Popen, timeout: float = 1200) -> None:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
