@@ -391,7 +391,7 @@ def test_eval_split_test_without_a_test_split(tmp_path, folder_run):
     from src.eval import evaluate
 
     _, last = folder_run
-    with pytest.raises(UserError, match="split=test: FolderDataModule has no labelled test split.*split=val"):
+    with pytest.raises(UserError, match="split=test: The folder dataset has no labelled test split.*split=val"):
         evaluate(eval_cfg(tmp_path, f"ckpt_path={last}", "split=test"))
 
 
