@@ -181,8 +181,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()):
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("compile", None)  # the template's option (build_module), not the Trainer's
-    # checkpoints written beside their final name and renamed: complete or absent, never truncated
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    # the config's plugins (cluster=slurm: SLURMEnvironment without Lightning's auto-requeue) and checkpoints
+    # written beside their final name and renamed: complete or absent, never truncated
+    plugins = [instantiate(p) for p in trainer_cfg.pop("plugins", None) or []] + [AtomicCheckpointIO()]
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
 def finish_loggers(trainer) -> None:

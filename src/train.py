@@ -7,6 +7,7 @@ folder and returns the value of `optimized_metric` for sweeps.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from src.run import (
     check_resume,
     finish_loggers,
 )
-from src.utils.cluster import newest_checkpoint, publish_run_dir, torchrun_run_dir_args
+from src.utils.cluster import StopAtStepOn, newest_checkpoint, publish_run_dir, torchrun_run_dir_args
 from src.utils.report import print_config, print_scores, write_metrics
 
 
@@ -51,7 +52,8 @@ def train(cfg: DictConfig) -> dict:
 
     try:
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            with StopAtStepOn(signal.SIGUSR2):  # SLURM's time-limit warning under submitit
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:  # Lightning's, a SystemExit(0): say it, with what to resume from, and exit 143
             last = output_dir / "checkpoints" / "last.ckpt"
             saved = f"the latest weights are in {last}; continue with ckpt_path={last}" if last.is_file() else ""

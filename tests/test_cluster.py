@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,8 +21,11 @@ import pytest
 import torch
 import yaml
 
+from src.errors import Stopped
 from src.eval import evaluate
+from src.run import build_trainer
 from src.train import train
+from src.utils.io import AtomicCheckpointIO
 from tests.conftest import ROOT, compose_config
 
 # the default run, shrunk: 32x32 images, 4 training steps of 8 images per epoch (per process), CPU, no progress bar
@@ -143,10 +147,14 @@ def test_requeued_and_signalled_job_continues_in_its_folder_to_the_same_weights(
     sweep = sweep_folder(log_dir)
     (job,) = job_ids(sweep)
     last = sweep / "0" / "checkpoints" / "last.ckpt"
+    err = sweep / ".submitit" / f"{job}_0" / f"{job}_0_0_log.err"
     wait_for(last.exists, 300, "job 0 wrote no checkpoint")
     subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True)
-    first = mtime(last)
-    wait_for(lambda: mtime(last) != first, 300, "the requeued job wrote no new checkpoint")
+    # the stopped process saves last.ckpt on its way out (SIGTERM): wait for the requeued one to resume, then for a
+    # checkpoint it wrote itself, so that the signal reaches a running training and not a job still starting
+    wait_for(lambda: err.exists() and "Restored all states" in err.read_text(), 300, "the requeued job did not resume")
+    resumed = mtime(last)
+    wait_for(lambda: mtime(last) != resumed, 300, "the requeued job wrote no new checkpoint")
     subprocess.run(["scancel", "--signal=USR2", f"{job}_0"], check=True)
     finish(proc)
 
@@ -154,7 +162,7 @@ def test_requeued_and_signalled_job_continues_in_its_folder_to_the_same_weights(
     assert len(list((log_dir / "train" / "multiruns").iterdir())) == 1  # no new timestamped folder
     logs = "".join(p.read_text() for p in (sweep / ".submitit" / f"{job}_0").glob("*_log.*"))
     assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
-    restored = (sweep / ".submitit" / f"{job}_0" / f"{job}_0_0_log.err").read_text().count("Restored all states")
+    restored = err.read_text().count("Restored all states")
     assert restored == 2, restored  # resumed after the requeue and after the signal
     a = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -164,6 +172,25 @@ def test_requeued_and_signalled_job_continues_in_its_folder_to_the_same_weights(
     metrics = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
     assert Path(metrics[0].pop("ckpt_path")).name == Path(metrics[1].pop("ckpt_path")).name  # the same best epoch
     assert metrics[0] == metrics[1]
+
+
+def test_time_limit_warning_stops_at_a_step_boundary_before_its_handler_requeues(train_cfg, tmp_path):
+    """USR2 with a Python handler installed (submitit's requeue-and-exit): training stops after the step it came in,
+    last.ckpt holds that step, and only then does the handler run, once."""
+    calls = []
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+
+    def requeue(signum, frame):  # what submitit's handler sees when it runs
+        calls.append((signum, torch.load(last, weights_only=False)["global_step"] if last.exists() else None))
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(Stopped):
+            train(train_cfg("+callbacks.warn={_target_: tests.test_train.SignalAt, step: 4, signal: SIGUSR2}"))
+        assert calls == [(signal.SIGUSR2, 4)]
+        assert signal.getsignal(signal.SIGUSR2) is requeue  # given back after training
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_ckpt_path_auto_starts_fresh_then_continues_in_the_same_folder(train_cfg, tmp_path):
@@ -245,7 +272,7 @@ def test_optuna_sweep_of_two_trials_names_the_best(tmp_path):
 
 
 @pytest.mark.parametrize("gpus,tasks,accelerator", [(4, 4, "gpu"), (0, 1, "cpu")])
-def test_cluster_slurm_sets_slurm_and_lightning_from_the_same_numbers(gpus, tasks, accelerator, tmp_path):
+def test_cluster_slurm_sets_slurm_and_lightning_from_the_same_numbers(gpus, tasks, accelerator, monkeypatch, tmp_path):
     cfg = compose_config(
         "train",
         ["cluster=slurm", "cluster.nodes=3", f"cluster.gpus_per_node={gpus}", "data.num_workers=5"],
@@ -259,6 +286,19 @@ def test_cluster_slurm_sets_slurm_and_lightning_from_the_same_numbers(gpus, task
     assert launcher.cpus_per_task == 6  # the training process and its 5 DataLoader workers
     assert cfg.ckpt_path == "auto"
     assert [p.auto_requeue for p in trainer.plugins] == [False]  # submitit alone handles preemption
+    if accelerator == "cpu":  # the Trainer built in the job keeps that plugin beside the atomic checkpoint writer
+        slurm = {
+            "SLURM_JOB_ID": "7",
+            "SLURM_JOB_NAME": "train",
+            "SLURM_NODELIST": "n[1-3]",
+            "SLURM_NTASKS_PER_NODE": "1",
+        }
+        for key, value in {**slurm, "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}.items():
+            monkeypatch.setenv(key, value)
+        built = build_trainer(cfg)
+        assert type(built._accelerator_connector.cluster_environment).__name__ == "SLURMEnvironment"
+        assert built._accelerator_connector.cluster_environment.auto_requeue is False
+        assert isinstance(built.strategy.checkpoint_io, AtomicCheckpointIO)
     local = compose_config("train", [], tmp_path / "local")
     assert "cluster" not in local and local.trainer.devices == 1 and "plugins" not in local.trainer
 

@@ -1,13 +1,16 @@
 """End to end on the built-in data: fast_dev_run, eval reproduces training's numbers, exact resume, same seed."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 
-from src.errors import UserError
+from src.errors import Stopped, UserError
 from src.eval import evaluate
 from src.train import train
 from tests.conftest import ROOT, compose_config
@@ -40,8 +43,23 @@ def test_eval_reproduces_logged_val_metrics(train_cfg, tmp_path):
     assert written["mIoU"] == pytest.approx(scores["mIoU"]) and written["split"] == "val"
 
 
+class SignalAt(L.Callback):
+    """Sends this process a signal after training step `step`, as SLURM does when it preempts or requeues a job
+    (SIGTERM) or warns of its time limit (`--signal`: USR2 under submitit)."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM"):
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(train_cfg, tmp_path):
     """Run 3 epochs; separately resume from the epoch-1 checkpoint: the final weights and metrics are the same.
+    The same holds for a run stopped by SIGTERM in the middle of its second epoch (last.ckpt is written on the way
+    out) and continued with `ckpt_path=auto` in its folder: it trains on the rest of that epoch's batches, not on
+    the epoch's first ones again.
 
     No monitored metric here: a resumed run in a new folder cannot see the first run's best checkpoint (Lightning
     resets the best when the folder changes), so both runs score their last epoch.
@@ -64,6 +82,18 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(train_cfg, tmp
     assert a["optimizer_states"][0]["state"][0]["exp_avg"].equal(b["optimizer_states"][0]["state"][0]["exp_avg"])
     assert resumed["val"] == full["val"]
     assert resumed["test"] == full["test"]
+
+    stop = "+callbacks.sigterm={_target_: tests.test_train.SignalAt, step: 8}"  # 6 steps an epoch: epoch 1, step 2
+    with pytest.raises(Stopped, match="SIGTERM received during training"):
+        train(train_cfg(*common, stop, run="stopped"))
+    stopped = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert stopped["epoch"] == 1 and stopped["global_step"] == 8
+    continued = train(train_cfg(*common, "ckpt_path=auto", run="stopped"))
+    c = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert c["global_step"] == a["global_step"] == 18
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, c["state_dict"][key]), key
+    assert continued["val"] == full["val"]
 
 
 def test_last_checkpoint_follows_every_epoch_when_best_does_not_improve(train_cfg, tmp_path):

@@ -8,6 +8,7 @@ that survives a resume) lives here once.
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
@@ -72,7 +73,9 @@ class EpochSampler(Sampler):
     number of DataLoader workers, and no two workers or epochs repeat each other's augmentations (albumentations
     keeps its own RNG, copied into every forked worker, so without reseeding every worker and every epoch would
     draw the same augmentations). Lightning calls `set_epoch` before
-    each training epoch. With `shuffle=False` (evaluation) it yields plain indices in order.
+    each training epoch. With `shuffle=False` (evaluation) it yields plain indices in order. `skip` drops that many
+    of this rank's first items from the next iterator only: a run resumed in the middle of an epoch (preemption)
+    continues with the very samples an uninterrupted run would have drawn next (set by `EpochSeed`).
 
     Under torch.distributed it also shards: training pads to a multiple of the world size (every rank needs the
     same number of steps); evaluation does not pad, so no sample is counted twice (DistributedSampler's padding
@@ -83,6 +86,7 @@ class EpochSampler(Sampler):
     def __init__(self, length: int, seed: int = 0, shuffle: bool = True, epoch: int = 0):
         self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, epoch
         self.iterated_epoch: int | None = None  # the epoch of the last iterator made (see EpochSeed)
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -101,45 +105,66 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         self.iterated_epoch = self.epoch
+        skip, self.skip = self.skip, 0
         world, rank = self._world()
         if not self.shuffle:
-            return iter(range(rank, self.length, world))
+            return iter(range(rank, self.length, world)[skip:])
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.length, generator=g).tolist()
         seeds = torch.randint(0, 2**31 - 1, (self.length,), generator=g).tolist()
         items = list(zip(order, seeds))
         items += items[: len(self) * world - len(items)]
-        return iter(items[rank::world])
+        return iter(items[rank::world][skip:])
 
 
 class EpochSeed(L.Callback):
-    """At the start of training epoch k, seed the global RNGs (dropout, any model randomness) from (seed, k).
+    """Before training step i of epoch k, seed the global RNGs (dropout, any model randomness) from (seed, k, i).
 
-    The data side is seeded per sample by `EpochSampler`; together, what happens in epoch k depends on (seed, k)
-    alone, not on how many epochs this process has run before. One Lightning detail needs mending for that: on a
-    resume, Lightning makes the first epoch's data iterator before it restores the epoch counter (and before it
-    calls `set_epoch`), so that iterator would replay epoch 0's order; it is remade here when that happened.
+    The data side is seeded per sample by `EpochSampler`; together, what happens in a training step depends on
+    (seed, epoch, step) alone, not on how many steps this process has run before, so a run resumed from any
+    checkpoint, one written at an epoch's end or one written mid-epoch when SLURM preempted it (SIGTERM), ends with
+    the weights of an uninterrupted run. Two Lightning details need mending for that: on a resume, Lightning makes
+    the first epoch's data iterator before it restores the epoch counter (and before it calls `set_epoch`), so that
+    iterator would replay epoch 0's order; and mid-epoch it would start the epoch's order again from its first
+    batch. The iterator is remade here in both cases, mid-epoch without the batches already trained on.
     """
 
     def __init__(self, seed: int):
         self.seed = seed
 
+    @staticmethod
+    def _loaders(trainer) -> list[DataLoader]:
+        loaders = trainer.train_dataloader
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        return [dl for dl in loaders if isinstance(getattr(dl, "sampler", None), EpochSampler)]
+
+    @staticmethod
+    def _remake_iterator(trainer) -> None:
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+        if fetcher is not None:
+            iter(fetcher)  # what Lightning itself does at the start of every later epoch
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches of this epoch trained on
+        loaders = self._loaders(trainer)
+        if not (trainer.fit_loop.restarted_mid_epoch and 0 < done < trainer.num_training_batches and loaders):
+            return
+        for dl in loaders:
+            dl.sampler.set_epoch(trainer.current_epoch)
+            dl.sampler.skip = done * dl.batch_size
+        self._remake_iterator(trainer)
+        # Lightning cannot know that these loaders resume exactly; its warning would say the opposite
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        s = (self.seed * 1_000_003 + trainer.current_epoch) % 2**32
+        if any(dl.sampler.iterated_epoch not in (None, dl.sampler.epoch) for dl in self._loaders(trainer)):
+            self._remake_iterator(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        s = (self.seed * 1_000_003 + trainer.current_epoch * 100_003 + batch_idx) % 2**32
         torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
-        loaders = trainer.train_dataloader
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        stale = [
-            dl
-            for dl in loaders
-            if isinstance(getattr(dl, "sampler", None), EpochSampler)
-            and dl.sampler.iterated_epoch not in (None, dl.sampler.epoch)
-        ]
-        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-        if stale and fetcher is not None:
-            iter(fetcher)  # what Lightning itself does at the start of every later epoch
 
 
 def seed_worker(worker_id: int) -> None:

@@ -9,6 +9,7 @@ through the resolvers below, so the two sides cannot disagree.
 from __future__ import annotations
 
 import os
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -87,3 +88,35 @@ def publish_run_dir(output_dir: str | Path) -> None:
     """Rank 0 under torchrun: tell the other ranks where this run writes."""
     if int(os.environ.get("RANK", "0")) == 0 and (store := _torchrun_store()) is not None:
         store.set(RUN_DIR_KEY, str(Path(output_dir).resolve()))
+
+
+class StopAtStepOn:
+    """While training, a signal `signum` (SLURM's warning before a time limit: USR2 under submitit) first stops
+    training at the next step boundary, as SIGTERM does (Lightning finishes the step, every DDP rank stops at the
+    same one, and last.ckpt is written), and only then runs the handler that was installed for it (submitit's:
+    requeue the job and exit). Without this, submitit's handler exits from wherever the signal lands, in the middle
+    of a step, and the checkpoint written on the way out holds half an optimizer step.
+
+    A context manager around `trainer.fit`; it changes nothing when no Python handler owns the signal.
+    """
+
+    def __init__(self, signum: int = signal.SIGUSR2):
+        self.signum, self.previous, self.caught = signum, None, None
+
+    def _handler(self, signum, frame) -> None:
+        if self.caught is None:
+            self.caught = (signum, frame)
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's SIGTERM handler: stop cleanly at the step's end
+
+    def __enter__(self) -> StopAtStepOn:
+        self.previous = signal.getsignal(self.signum)
+        if callable(self.previous):
+            signal.signal(self.signum, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not callable(self.previous):
+            return
+        signal.signal(self.signum, self.previous)
+        if self.caught is not None:
+            self.previous(*self.caught)  # submitit: requeue and sys.exit (rank 0), nothing on the other ranks
