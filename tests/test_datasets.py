@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.check import check
-from src.data.transforms import CatMaxRatioCrop, RandomRescale
+from src.data.transforms import CatMaxRatioCrop, RandomRescale, label_counts
 from src.errors import UserError
 from src.eval import evaluate
 from src.run import instantiate
@@ -223,6 +223,14 @@ def test_cat_max_ratio_crop_avoids_crops_of_one_class():
 
     plain, balanced = balanced_share(1.0), balanced_share(0.75)
     assert plain < 0.3 and balanced > 0.6, (plain, balanced)
+
+
+@pytest.mark.parametrize("dtype,ignore", [(np.uint8, 255), (np.int64, 255), (np.int64, -1), (np.uint8, 0)])
+def test_label_counts_match_a_sort_based_count(dtype, ignore):
+    labels = np.random.default_rng(0).integers(-1 if ignore < 0 else 0, 12, (37, 41)).astype(dtype)
+    labels[:5] = ignore if ignore >= 0 or dtype != np.uint8 else 0
+    values, counts = np.unique(labels, return_counts=True)
+    assert label_counts(labels, ignore).tolist() == counts[values != ignore].tolist()
 
 
 @pytest.mark.parametrize("case", ["ade20k", "cityscapes_labelIds_only", "voc", "camvid", "folder_index"])
