@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.check import check
+from src.data.base import reseed_transform
 from src.data.transforms import CatMaxRatioCrop, RandomRescale, label_counts
 from src.errors import UserError
 from src.eval import evaluate
@@ -202,6 +203,27 @@ def test_random_rescale_without_reference_scale_uses_the_image_size():
         assert out["image"].shape[:2] == (h, w) and 20 <= h <= 80 and abs(w / h - 1.5) < 0.05
         heights.append(h)
     assert min(heights) < 30 and max(heights) > 65
+
+
+def test_each_transform_of_a_sample_draws_from_its_own_stream():
+    """albumentations seeds every transform of a Compose alike, so their draws coincide (flips only ever came with
+    downscales); reseed_transform gives each its own stream: flip and rescale ratio are independent."""
+    pipeline = A.Compose([RandomRescale(scale=None, ratio_range=(0.5, 2.0)), A.HorizontalFlip(p=0.5)])
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:, :20] = 255
+    sizes, flips = [], []
+    for seed in range(400):
+        reseed_transform(pipeline, seed)
+        out = pipeline(image=image)["image"]
+        sizes.append(out.shape[0])
+        flips.append(out[0, 0, 0] == 0)
+    sizes, flips = np.array(sizes), np.array(flips)
+    assert 0.4 < flips.mean() < 0.6
+    assert abs(np.corrcoef(sizes, flips)[0, 1]) < 0.15
+    reseed_transform(pipeline, 7)
+    first = pipeline(image=image)["image"]
+    reseed_transform(pipeline, 7)
+    assert np.array_equal(pipeline(image=image)["image"], first)  # still a function of the seed
 
 
 def test_cat_max_ratio_crop_avoids_crops_of_one_class():

@@ -77,6 +77,18 @@ def test_loader_hands_uint8_and_the_hook_leaves_masks_alone(tmp_path):
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["image"].dtype == torch.uint8 and batch["mask"].dtype == torch.uint8 and "seed" in batch
+    # stacked without a host transpose: (N,3,H,W) in channels-last memory, the samples' pixels unchanged
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last) and batch["image"].shape[1] == 3
+    train = datamodule.dataset("train")
+    sampler = datamodule.train_dataloader().sampler
+    for k, item in enumerate(list(iter(sampler))[:8]):
+        sample = train[item]
+        assert torch.equal(batch["image"][k], sample["image"]) and torch.equal(batch["mask"][k], sample["mask"])
+    cfg.data.num_workers = 2  # the same batch built in a worker process (shared memory)
+    worker_batch = next(iter(build_datamodule(cfg).train_dataloader()))
+    assert (
+        torch.equal(worker_batch["image"], batch["image"]) and worker_batch["image"].stride() == batch["image"].stride()
+    )
     out = datamodule.on_after_batch_transfer(batch, 0)
     assert out["image"].dtype == torch.float32 and "seed" not in out and "seed" in batch
     assert torch.equal(out["mask"], batch["mask"])  # photometric changes never touch the labels

@@ -15,7 +15,7 @@ from types import MappingProxyType
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from src.data.device import IMAGENET_MEAN, IMAGENET_STD, BatchTransform
 from src.errors import DataError, UserError
@@ -53,8 +53,9 @@ class SegDataset(Dataset):
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         # uint8 stays uint8 (normalised on the device: src/data/device.py); a pipeline that normalised on the
-        # host hands over float32
-        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        # host hands over float32. (3,H,W) is a view of the (H,W,3) array, not a copy: `collate` stacks the
+        # stored order and the batch is a channels-last (N,3,H,W) tensor, the layout the network runs in.
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         sample = {
             "image": image if image.dtype == torch.uint8 else image.float(),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=self.mask_dtype)),
@@ -167,6 +168,17 @@ class EpochSeed(L.Callback):
         random.seed(s)
 
 
+def collate(samples: list[dict]) -> dict:
+    """`default_collate`, except that images are stacked in their stored (H,W,3) order (one plain copy each, into
+    shared memory in a worker, as default_collate does) and handed over as a channels-last (N,3,H,W) view;
+    stacking (3,H,W) views would transpose every image on the host."""
+    if not (samples and isinstance(samples[0], Mapping) and "image" in samples[0]):
+        return default_collate(samples)
+    batch = default_collate([{k: v for k, v in s.items() if k != "image"} for s in samples])
+    batch["image"] = default_collate([s["image"].permute(1, 2, 0) for s in samples]).permute(0, 3, 1, 2)
+    return batch
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed NumPy's and Python's global RNGs in each DataLoader worker from the seed PyTorch gave it."""
     seed = torch.initial_seed() % 2**32
@@ -175,8 +187,21 @@ def seed_worker(worker_id: int) -> None:
 
 
 def reseed_transform(transform, seed: int) -> None:
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
+    """Seed an albumentations pipeline for one sample, every transform in it from its own stream.
+
+    albumentations' `Compose.set_random_seed(s)` gives every transform the same seed, so their draws coincide:
+    the first number RandomRescale draws (its ratio) is the one HorizontalFlip compares with p, and flipped crops
+    were always the downscaled ones (correlation -0.86 over 400 samples; tests/test_datasets.py). Here transform
+    k of the pipeline (in order, nested pipelines included) is seeded from (seed, k)."""
+    if transform is None or not hasattr(transform, "set_random_seed"):
+        return
+    todo, k = [transform], 0
+    while todo:
+        t = todo.pop(0)
+        s = seed * 256 + k
+        t.seed, t.random_generator, t.py_random = s, np.random.default_rng(s), random.Random(s)
+        todo += [c for c in getattr(t, "transforms", []) if hasattr(c, "set_random_seed")]
+        k += 1
 
 
 class SegDataModule(L.LightningDataModule):
@@ -303,6 +328,7 @@ class SegDataModule(L.LightningDataModule):
             drop_last=train and len(data) > self.batch_size,
             num_workers=self.num_workers,
             worker_init_fn=seed_worker,
+            collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
