@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import hydra
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 
 from src.check import check
 from src.data.base import reseed_transform
-from src.data.transforms import CatMaxRatioCrop, RandomRescale, label_counts
+from src.data.transforms import RandomRescaleCrop, label_counts
 from src.errors import UserError
 from src.eval import evaluate
 from src.run import instantiate
@@ -187,14 +188,15 @@ def test_file_datasets_share_one_training_pipeline(tmp_path):
     for name in ["ade20k", "cityscapes", "voc", "camvid", "folder"]:
         cfg = compose_config("train", [f"data={name}"], tmp_path / name)
         steps[name] = [t._target_ for t in cfg.data.train_transform.transforms]
-        assert cfg.data.train_transform.transforms[1].height == cfg.data.crop_size[0]
+        assert cfg.data.train_transform.transforms[0].height == cfg.data.crop_size[0]
     assert len({tuple(s) for s in steps.values()}) == 1, steps
-    assert steps["voc"][0] == "src.data.transforms.RandomRescale"
+    assert steps["voc"][0] == "src.data.transforms.RandomRescaleCrop"
 
 
 def test_random_rescale_without_reference_scale_uses_the_image_size():
-    """data=folder (scale: null): a keep-ratio rescale by r in [0.5, 2] of each image's own size."""
-    rescale = A.Compose([RandomRescale(scale=None, ratio_range=(0.5, 2.0))])
+    """data=folder (scale: null): a keep-ratio rescale by r in [0.5, 2] of each image's own size (a crop larger
+    than any rescaled image: nothing is cut)."""
+    rescale = A.Compose([RandomRescaleCrop(500, 500, scale=None, ratio_range=(0.5, 2.0))])
     rescale.set_random_seed(0)
     heights = []
     for _ in range(50):
@@ -205,10 +207,33 @@ def test_random_rescale_without_reference_scale_uses_the_image_size():
     assert min(heights) < 30 and max(heights) > 65
 
 
+@pytest.mark.parametrize("ratio", [0.6, 1.0, 1.7])
+def test_crop_first_equals_rescale_then_crop(ratio):
+    """The crop of the rescaled image, made from the source pixels under it: the same content (a smooth image,
+    so the rounding of the window to whole source pixels shows as a small difference) and the same mask."""
+    yy, xx = np.mgrid[0:90, 0:120]
+    image = np.stack([yy * 2, xx * 2, (yy + xx)], -1).astype(np.uint8)
+    mask = ((yy // 30) * 4 + xx // 30).astype(np.uint8)  # a 3x4 grid of classes
+    crop = RandomRescaleCrop(60, 80, scale=None, ratio_range=(ratio, ratio), cat_max_ratio=1.0)
+    for seed in range(20):
+        crop.set_random_seed(seed)
+        params = crop.get_params_dependent_on_data({"shape": image.shape}, {"image": image, "mask": mask})
+        out = {"image": crop.apply(image, **params), "mask": crop.apply_to_mask(mask, **params)}
+        size = (int(90 * ratio + 0.5), int(120 * ratio + 0.5))
+        big = cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR)
+        big_mask = cv2.resize(mask, size[::-1], interpolation=cv2.INTER_NEAREST)
+        top, left = round(params["window"][0] * size[0] / 90), round(params["window"][1] * size[1] / 120)
+        h, w = out["mask"].shape
+        assert (h, w) == (min(60, size[0]), min(80, size[1]))
+        expected = big[top : top + h, left : left + w].astype(int)
+        assert np.abs(out["image"].astype(int) - expected).mean() < 3 * max(ratio, 1)
+        assert (out["mask"] == big_mask[top : top + h, left : left + w]).mean() > 0.9
+
+
 def test_each_transform_of_a_sample_draws_from_its_own_stream():
     """albumentations seeds every transform of a Compose alike, so their draws coincide (flips only ever came with
     downscales); reseed_transform gives each its own stream: flip and rescale ratio are independent."""
-    pipeline = A.Compose([RandomRescale(scale=None, ratio_range=(0.5, 2.0)), A.HorizontalFlip(p=0.5)])
+    pipeline = A.Compose([RandomRescaleCrop(500, 500, scale=None), A.HorizontalFlip(p=0.5)])
     image = np.zeros((40, 40, 3), np.uint8)
     image[:, :20] = 255
     sizes, flips = [], []
@@ -234,7 +259,7 @@ def test_cat_max_ratio_crop_avoids_crops_of_one_class():
     image = np.zeros((100, 100, 3), np.uint8)
 
     def balanced_share(ratio: float) -> float:
-        crop = A.Compose([CatMaxRatioCrop(40, 40, cat_max_ratio=ratio)])
+        crop = A.Compose([RandomRescaleCrop(40, 40, scale=None, ratio_range=(1.0, 1.0), cat_max_ratio=ratio)])
         crop.set_random_seed(0)
         hits = 0
         for _ in range(300):

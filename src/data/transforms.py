@@ -1,14 +1,14 @@
 """albumentations transforms the dataset configs need beyond the library's own (mmsegmentation's semantics).
 
-- `RandomRescale`: rescale image and mask, keeping the aspect ratio, to fit a reference scale (long, short) times
-  a random ratio (mmseg's `RandomResize(scale, ratio_range, keep_ratio=True)`).
+- `RandomRescaleCrop`: a keep-ratio rescale to a reference scale (long, short) times a random ratio, then a random
+  crop that is redrawn (up to 10 times) while one class covers more than `cat_max_ratio` of its labelled pixels
+  (mmseg's `RandomResize(scale, ratio_range, keep_ratio=True)` + `RandomCrop(cat_max_ratio=0.75)`), crop first,
+  so only the pixels kept are resized.
 - `ResizeImage`: the evaluation resize; the image only, so that metrics are computed on the mask at its original
   size (the LightningModule resizes the logits back to the mask).
-- `CatMaxRatioCrop`: a random crop that retries (up to 10 times) while one class covers more than `cat_max_ratio`
-  of the labelled pixels of the crop (mmseg's `RandomCrop(cat_max_ratio=0.75)`).
 
-Randomness comes from each transform's `py_random`, which `A.Compose.set_random_seed` sets, so the per-worker
-reseeding in `src/data/base.py` covers these transforms too. Padding to the crop size is the library's
+Randomness comes from each transform's `py_random`, which the per-sample reseeding in `src/data/base.py` sets
+(`reseed_transform`), so it covers these transforms too. Padding to the crop size is the library's
 `A.PadIfNeeded(..., fill_mask=<ignore index>)` in the config (its default `fill_mask=0` would label padding as
 class 0).
 """
@@ -34,43 +34,6 @@ def _resize(img: np.ndarray, size: tuple[int, int], interpolation: int) -> np.nd
     if img.shape[:2] == size:
         return img
     return cv2.resize(img, (size[1], size[0]), interpolation=interpolation)
-
-
-class RandomRescale(DualTransform):
-    """Keep-ratio rescale into `scale` x r, r uniform in `ratio_range` (masks: nearest neighbour).
-
-    Args:
-        scale: the reference (long, short) edges, e.g. (2048, 512) for ADE20K, (2048, 1024) for Cityscapes;
-            None: the image's own size (images of many sizes, as in `data=folder`), i.e. a plain rescale by r.
-        ratio_range: the range of r.
-    """
-
-    def __init__(
-        self,
-        scale: Sequence[int] | None = (2048, 512),
-        ratio_range: Sequence[float] = (0.5, 2.0),
-        interpolation: int = cv2.INTER_LINEAR,
-        p: float = 1.0,
-    ):
-        super().__init__(p=p)
-        self.scale = tuple(scale) if scale is not None else None
-        self.ratio_range, self.interpolation = tuple(ratio_range), interpolation
-
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        ratio = self.py_random.uniform(*self.ratio_range)
-        height, width = params["shape"][:2]
-        if self.scale is None:
-            return {"size": (int(height * ratio + 0.5), int(width * ratio + 0.5))}
-        return {"size": rescale_size(height, width, [s * ratio for s in self.scale])}
-
-    def apply(self, img: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
-        return _resize(img, size, self.interpolation)
-
-    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
-        return _resize(mask, size, cv2.INTER_NEAREST)
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("scale", "ratio_range", "interpolation")
 
 
 class ResizeImage(ImageOnlyTransform):
@@ -113,50 +76,76 @@ def label_counts(labels: np.ndarray, ignore_index: int) -> np.ndarray:
     return counts[counts > 0]
 
 
-class CatMaxRatioCrop(DualTransform):
-    """Random (height, width) crop; redrawn up to `max_tries` times while one class covers more than
-    `cat_max_ratio` of the crop's labelled pixels (a crop with a single class is redrawn too).
+class RandomRescaleCrop(DualTransform):
+    """mmsegmentation's `RandomResize(scale, ratio_range, keep_ratio=True)` then `RandomCrop(crop_size,
+    cat_max_ratio)`, done crop-first: the crop is drawn in the rescaled image's coordinates and only the source
+    pixels under it are resized (masks: nearest neighbour), so the cost follows the crop's size, not the rescaled
+    image's (a Cityscapes frame at ratio 2 is 8 Mpx for a 0.5 Mpx crop). The crop's window is rounded to whole
+    source pixels: its scale may differ from the drawn one by one source pixel over its size.
 
-    An image smaller than the crop is cropped to its own size in that dimension; follow with `A.PadIfNeeded`.
-    `cat_max_ratio=1.0` is a plain random crop.
+    Args:
+        height, width: the crop; an image smaller than it after rescaling is returned whole in that dimension
+            (follow with `A.PadIfNeeded`).
+        scale: the reference (long, short) edges of the keep-ratio rescale, e.g. (2048, 512) for ADE20K, (2048,
+            1024) for Cityscapes; None: the image's own size (images of many sizes, as in `data=folder`).
+        ratio_range: the rescale factor r is uniform in it.
+        cat_max_ratio: the crop is redrawn (up to `max_tries` draws) while one class covers more than this share
+            of its labelled pixels (counted at source resolution); a crop with a single class is redrawn too.
+            1.0: a plain random crop.
     """
 
     def __init__(
         self,
         height: int,
         width: int,
+        scale: Sequence[int] | None = (2048, 512),
+        ratio_range: Sequence[float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
         ignore_index: int = 255,
         max_tries: int = 10,
+        interpolation: int = cv2.INTER_LINEAR,
         p: float = 1.0,
     ):
         super().__init__(p=p)
-        self.height, self.width, self.cat_max_ratio = height, width, cat_max_ratio
-        self.ignore_index, self.max_tries = ignore_index, max_tries
+        self.height, self.width = height, width
+        self.scale = tuple(scale) if scale is not None else None
+        self.ratio_range, self.cat_max_ratio = tuple(ratio_range), cat_max_ratio
+        self.ignore_index, self.max_tries, self.interpolation = ignore_index, max_tries, interpolation
 
-    def _draw(self, height: int, width: int) -> tuple[int, int, int, int]:
-        top = self.py_random.randint(0, max(height - self.height, 0))
-        left = self.py_random.randint(0, max(width - self.width, 0))
-        return top, left, min(top + self.height, height), min(left + self.width, width)
+    def _window(self, shape: tuple[int, int], rescaled: tuple[int, int], size: tuple[int, int]) -> tuple[int, ...]:
+        """A random `size` crop of the rescaled image, as (top, left, bottom, right) of the source image."""
+        box = []
+        for n, m, c in zip(shape, rescaled, size):
+            start = self.py_random.randint(0, m - c)
+            first = min(int(start * n / m), n - 1)
+            box.append((first, max(first + 1, min(n, round((start + c) * n / m)))))
+        return box[0][0], box[1][0], box[0][1], box[1][1]
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        height, width = params["shape"][:2]
-        box = self._draw(height, width)
+        ratio = self.py_random.uniform(*self.ratio_range)
+        shape = params["shape"][:2]
+        if self.scale is None:
+            rescaled = (int(shape[0] * ratio + 0.5), int(shape[1] * ratio + 0.5))
+        else:
+            rescaled = rescale_size(*shape, [s * ratio for s in self.scale])
+        size = (min(self.height, rescaled[0]), min(self.width, rescaled[1]))
+        window = self._window(shape, rescaled, size)
         mask = data.get("mask")
-        if mask is None or self.cat_max_ratio >= 1.0 or (height <= self.height and width <= self.width):
-            return {"box": box}  # (the last: the whole image is the only crop there is)
+        if mask is None or self.cat_max_ratio >= 1.0 or size == rescaled:  # (the last: the whole image)
+            return {"window": window, "size": size}
         for _ in range(self.max_tries - 1):
-            counts = label_counts(mask[box[0] : box[2], box[1] : box[3]], self.ignore_index)
+            counts = label_counts(mask[window[0] : window[2], window[1] : window[3]], self.ignore_index)
             if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                 break
-            box = self._draw(height, width)
-        return {"box": box}
+            window = self._window(shape, rescaled, size)
+        return {"window": window, "size": size}
 
-    def apply(self, img: np.ndarray, box: tuple[int, int, int, int], **params: Any) -> np.ndarray:
-        return img[box[0] : box[2], box[1] : box[3]]
+    def apply(self, img: np.ndarray, window: tuple[int, ...], size: tuple[int, int], **params: Any) -> np.ndarray:
+        return _resize(img[window[0] : window[2], window[1] : window[3]], size, self.interpolation)
 
-    def apply_to_mask(self, mask: np.ndarray, box: tuple[int, int, int, int], **params: Any) -> np.ndarray:
-        return mask[box[0] : box[2], box[1] : box[3]]
+    def apply_to_mask(self, mask: np.ndarray, window: tuple[int, ...], size: tuple[int, int], **params) -> np.ndarray:
+        return _resize(mask[window[0] : window[2], window[1] : window[3]], size, cv2.INTER_NEAREST)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("height", "width", "cat_max_ratio", "ignore_index", "max_tries")
+        names = ("height", "width", "scale", "ratio_range", "cat_max_ratio", "ignore_index", "max_tries")
+        return (*names, "interpolation")
