@@ -4,10 +4,12 @@ import json
 import logging
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from google.protobuf.message import DecodeError
 
 from src.train import train
 from tests.scoring import INDEPENDENT, IndependentScores
@@ -26,7 +28,7 @@ def wandb_records(path: Path):
             continue
         _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0:
+        if kind == 0 or len(data) < length:  # the end, or a chunk still being written
             break
         part = data if kind in (1, 2) else part + data
         if kind in (1, 4):
@@ -35,11 +37,24 @@ def wandb_records(path: Path):
             yield record
 
 
-def offline_run(run_dir: Path) -> dict:
+def offline_run(run_dir: Path, timeout: float = 60) -> dict:
+    """History rows and record kinds of the run's offline file. W&B's service may still be writing the file when
+    `wandb.finish()` has returned (a last record cut short was seen under load): read it again until it parses
+    whole and holds the run's exit record, or `timeout` has passed (then what is there)."""
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, runs
+    deadline = time.time() + timeout
+    while True:
+        try:
+            records = list(wandb_records(runs[0]))
+            if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
+                break
+        except DecodeError:
+            if time.time() > deadline:
+                raise
+        time.sleep(0.5)
     history, kinds = [], set()
-    for record in wandb_records(runs[0]):
+    for record in records:
         kinds.add(record.WhichOneof("record_type"))
         if record.HasField("history"):
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
