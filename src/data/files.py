@@ -36,27 +36,31 @@ MAX_LISTED = 5  # problems named in a validate() message
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _decode_png(data: bytes) -> np.ndarray | None:
-    """An 8-bit PNG decoded by libpng through imagecodecs (about 1.6x faster than OpenCV's PNG decoder on the
-    CamVid frames: benchmarks/data.py), RGB order as stored; None for what it does not cover here: palette PNGs
-    (their indices are wanted for masks: PIL), 16-bit ones and files that are not PNG."""
+def _read(path: str) -> tuple[bytes, np.ndarray | None]:
+    """The file's bytes, and the file decoded when it is an 8-bit, non-palette PNG: by libpng through imagecodecs
+    (about 1.6x faster than OpenCV's PNG decoder on the CamVid frames: benchmarks/data.py), in the stored channel
+    order (gray, gray+alpha, RGB, RGBA), as PIL reads it. None for the rest: palette PNGs (masks want their
+    indices: PIL), 16-bit ones, other formats, and truncated files (the caller's own reader names the file)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    # IHDR: bit depth at byte 24, colour type at 25 (3: palette)
     if not data.startswith(PNG_SIGNATURE) or len(data) < 26 or data[24] != 8 or data[25] == 3:
-        return None  # IHDR: bit depth at byte 24, colour type at 25 (3: palette)
+        return data, None
     try:
-        return imagecodecs.png_decode(data)
+        return data, imagecodecs.png_decode(data)
     except imagecodecs.PngError:
-        return None  # truncated or corrupt: the caller's own reader names the file
+        return data, None
 
 
 def read_image(path: str) -> np.ndarray:
     """RGB uint8 (H,W,3); EXIF orientation ignored so the image stays aligned with its mask."""
-    with open(path, "rb") as f:
-        data = f.read()
-    image = _decode_png(data)
-    if image is not None and image.ndim == 3 and image.shape[2] == 3:
-        return image
-    if image is not None and image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    data, image = _read(path)
+    if image is not None:
+        if image.ndim == 3 and image.shape[2] in (2, 4):
+            image = image[..., :-1]  # alpha dropped, as OpenCV's IMREAD_COLOR does
+        if image.ndim == 2 or image.shape[2] == 1:
+            return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        return np.ascontiguousarray(image)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise DataError(f"{path}: cannot be read as an image (corrupt or not an image file).")
@@ -67,10 +71,8 @@ def read_mask(path: str) -> np.ndarray:
     """The stored values: palette PNGs give their indices (not colours), RGB files give (H,W,3).
 
     A truncated or corrupt file is a DataError naming it (PIL's own error names no file)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    mask = _decode_png(data)
-    if mask is not None and (mask.ndim == 2 or mask.shape[2] == 3):
+    data, mask = _read(path)
+    if mask is not None:
         return mask
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -210,7 +212,8 @@ class PairDataset(SegDataset):
         if raw.ndim == 2 and np.issubdtype(raw.dtype, np.integer) and raw.size:
             table = self.allowed_values(path)
             counts = value_counts(raw)  # one linear pass; None: a negative value
-            if counts is None or not table[: len(counts)][counts[: len(table)] > 0].all() or counts[len(table) :].any():
+            present = np.flatnonzero(counts) if counts is not None else None
+            if present is None or present[-1] >= len(table) or not table[present].all():
                 raise DataError(
                     f"{path}: {self.bad_values(raw, path)}. Fix the mask (python -m src.check lists every such file)."
                 )
