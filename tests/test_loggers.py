@@ -37,10 +37,10 @@ def wandb_records(path: Path):
             yield record
 
 
-def offline_run(run_dir: Path, timeout: float = 60) -> dict:
-    """History rows and record kinds of the run's offline file. W&B's service may still be writing the file when
-    `wandb.finish()` has returned (a last record cut short was seen under load): read it again until it parses
-    whole and holds the run's exit record, or `timeout` has passed (then what is there)."""
+def finished_records(run_dir: Path, timeout: float = 60) -> list:
+    """The records of the run's offline file once it is whole. W&B's service may still be writing the file when
+    `wandb.finish()` has returned (a last record cut short, or none yet, was seen under load): read it again until it
+    parses whole and holds the run's exit record, or `timeout` has passed (then what is there)."""
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, runs
     deadline = time.time() + timeout
@@ -48,13 +48,17 @@ def offline_run(run_dir: Path, timeout: float = 60) -> dict:
         try:
             records = list(wandb_records(runs[0]))
             if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
-                break
+                return records
         except DecodeError:
             if time.time() > deadline:
                 raise
         time.sleep(0.5)
+
+
+def offline_run(run_dir: Path) -> dict:
+    """History rows and record kinds of the run's offline file."""
     history, kinds = [], set()
-    for record in records:
+    for record in finished_records(run_dir):
         kinds.add(record.WhichOneof("record_type"))
         if record.HasField("history"):
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
@@ -126,7 +130,7 @@ def test_wandb_without_key_runs_offline_and_names_follow_the_experiment(train_cf
     assert any("wandb sync" in r.getMessage() for r in caplog.records)
     run = json.loads((tmp_path / "run" / "wandb_run.json").read_text())
     assert run["offline"] is True
-    records = list(wandb_records(next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))))
+    records = finished_records(tmp_path / "run")
     info = next(r.run for r in records if r.HasField("run"))
     assert info.run_id == run["id"]
     assert info.display_name == "unet_classic-synthetic" and info.run_group == "train"
@@ -158,7 +162,7 @@ def test_log_model_uploads_the_best_checkpoint_as_an_artifact(train_cfg, tmp_pat
     monkeypatch.setenv("WANDB_MODE", "offline")
     train(train_cfg("logger=wandb", "logger.wandb.log_model=true", "debug=limit", "callbacks.visuals=null"))
     run_id = json.loads((tmp_path / "run" / "wandb_run.json").read_text())["id"]
-    records = wandb_records(next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
+    records = finished_records(tmp_path / "run")
     artifacts = [r.artifact for r in records if r.HasField("artifact") and r.artifact.type == "model"]
     assert [a.name for a in artifacts] == [f"model-{run_id}"]
     assert set(artifacts[0].aliases) == {"best", "latest"}

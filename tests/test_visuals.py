@@ -17,7 +17,7 @@ from src.callbacks import draw
 from src.callbacks.visuals import sample_indices, to_labels
 from src.train import train
 from tests.conftest import FAST, ROOT
-from tests.test_loggers import offline_run, wandb_records
+from tests.test_loggers import finished_records, offline_run
 
 NAMES = ["background", "disk", "square", "triangle", "ring", "cross"]
 TINY = [
@@ -59,7 +59,7 @@ def media_rows(history: list[dict]) -> list[dict]:
 def class_labels(run_dir: Path) -> dict[str, dict]:
     """W&B keeps mask class labels in the run config (`_wandb` -> `mask/class_labels`)."""
     labels = {}
-    for record in wandb_records(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))):
+    for record in finished_records(run_dir):
         if record.HasField("config"):
             for item in record.config.update:
                 if item.key == "_wandb":
