@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from src.check import check
+from src.data.files import read_mask
 from src.errors import DataError
 from src.train import train
 from tests.conftest import ROOT, compose_config
@@ -123,6 +124,26 @@ def test_out_of_range_label_is_named(name, value, tmp_path):
     overrides = ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=null"] if name == "folder" else []
     message = refused(tmp_path, name, fake.root, *overrides)
     assert f"{path}: label values [{value}] outside the allowed" in message
+
+
+@pytest.mark.parametrize(
+    "name, value", [("ade20k", 151), ("cityscapes", 40), ("voc", 21), ("camvid", 12), ("folder", 3)]
+)
+def test_reading_a_mask_with_a_bad_value_names_the_file(name, value, tmp_path):
+    """The read-time check of every training sample (one table lookup for 8-bit masks): a stored value outside the
+    dataset's convention anywhere in the mask stops the run naming the file; the masks around it still read."""
+    fake = WRITERS[name](tmp_path)
+    overrides = ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=null"] if name == "folder" else []
+    data = datamodule(tmp_path, name, fake.root, *overrides)
+    data.setup("fit")
+    train = data.dataset("train")
+    path = str(train.masks[-1])
+    raw = read_mask(path)
+    raw[-1, -1] = value  # the last pixel: a check that samples or stops early misses it
+    save(Path(path), raw)
+    with pytest.raises(DataError, match=rf"{re.escape(path)}: label values \[{value}\] outside the allowed"):
+        train.load(len(train) - 1)
+    train.load(0)
 
 
 def test_unknown_colour_in_rgb_masks_is_named(tmp_path):

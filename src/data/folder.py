@@ -79,6 +79,9 @@ class FolderDataset(PairDataset):
             labels = self.lut[np.where(known, raw, 0)]
         return np.where(known, labels, self.ignore_index).astype(np.uint8)
 
+    def label_table(self, path: str) -> np.ndarray | None:
+        return None if self.lut is None else super().label_table(path)  # colour masks: no per-value table
+
     def bad_values(self, raw: np.ndarray, path: str) -> str | None:
         if self.lut is not None:
             problem = super().bad_values(raw, path)

@@ -127,7 +127,8 @@ class SegmentationModule(L.LightningModule):
     def _eval_step(self, batch, stage: str):
         logits = self.inferer(self, batch["image"]) if self.inferer is not None else self(batch["image"])
         if logits.shape[-2:] != batch["mask"].shape[-2:]:  # image resized for evaluation, mask at full size
-            logits = F.interpolate(logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
+            # in float32: bilinear weights applied in bf16 (autocast) move logits by up to 2^-7 and flip argmaxes
+            logits = F.interpolate(logits.float(), size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
         self._loss(logits, batch, stage)
         self.metrics[f"{stage}_"].update(logits, batch["mask"])
 
