@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 from tests.conftest import ROOT
 
 
@@ -82,3 +84,27 @@ def test_data_benchmark_prints_the_decode_floor_and_the_ratio(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert result["floor"] > 0 and result["ratio"] > 0 and "loader / decode floor = " in out
+
+
+def test_ade_like_copy_has_ade20k_labels_and_feeds_the_data_benchmark(tmp_path, capsys):
+    """benchmarks/ade_like.py writes a CamVid-layout dataset in ADE20K's layout (JPEG images, labels + 1, CamVid's
+    unlabelled as ADE20K's "other"): read back through the ADE20K dataset, the labels are CamVid's."""
+    import hydra
+
+    from tests.conftest import compose_config
+    from tests.fake_data import write_camvid
+
+    fake = write_camvid(tmp_path / "data")
+    root = load_benchmark("ade_like").write(fake.root, tmp_path / "ade", short=36, count=4)
+    cfg = compose_config("train", ["data=ade20k", f"data.data_dir={root}"], tmp_path / "cfg")
+    train = hydra.utils.instantiate(cfg.data, _convert_="partial").dataset("train")
+    assert len(train) == 4 and all(p.endswith(".jpg") for p in train.images.tolist())
+    for i, name in enumerate(sorted(p for p in fake.raw if "/trainannot/" in p)[:4]):
+        image, labels = train.load(i)
+        assert image.shape == (36, 48, 3)
+        np.testing.assert_array_equal(labels, np.where(fake.raw[name] == 11, 255, fake.raw[name]))
+    result = load_benchmark("data").main(
+        ["batches=1", "workers=0", "reps=1", "data=ade20k", f"data.data_dir={root}", "data.batch_size=1"]
+        + ["data.crop_size=[32,32]", "data.scale=[64,36]", "data.num_workers=0"]
+    )
+    assert result["floor"] > 0 and result["ratio"] > 0 and "loader / decode floor = " in capsys.readouterr().out
