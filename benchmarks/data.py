@@ -7,9 +7,12 @@ Any other argument is a `python -m src.train` override, so the pipeline measured
 e.g. `data=camvid data.data_dir=../shared/data/camvid`. The first batch of each setting (worker start-up) is not
 timed. With `floor=true` (file datasets), the decode floor is measured on the same files in the same order:
 OpenCV decoding image and mask, nothing else; its row and the loader's ratio to it (0 workers) are printed, the
-two alternating `reps` times (medians), so that load from other processes hits both. `threads` sets
-torch.set_num_threads and cv2.setNumThreads (1: one core). The device-side transform (normalisation, photometric
-distortion: src/data/device.py) runs after the loader, on the device; its cost on this CPU is printed apart.
+two alternating `reps` times (medians), so that load from other processes hits both. With a crop size
+(`data.crop_size`), the ceiling is measured too: the floor's decoding plus what no host pipeline of that crop size
+can leave out (one resize of image and mask to the crop, the copy into the batch), as a ratio to the floor.
+`threads` sets torch.set_num_threads and cv2.setNumThreads (1: one core). The device-side transform
+(normalisation, photometric distortion: src/data/device.py) runs after the loader, on the device; its cost on this
+CPU is printed apart.
 `host=true` measures the baseline the device path replaced: ColorJitter and Normalize in the workers (float32
 images out of them; see `move_to_host`).
 """
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
@@ -55,6 +59,24 @@ def floor_rate(dataset, count: int) -> float:
         k = i % len(images)
         cv2.imread(str(images[k]), cv2.IMREAD_COLOR)
         cv2.imread(str(masks[k]), cv2.IMREAD_UNCHANGED)
+    return count / (time.perf_counter() - start)
+
+
+def ceiling_rate(dataset, count: int, crop: tuple[int, int], batch_size: int) -> float:
+    """Image+mask pairs per second of the least any training pipeline of this crop size does on the host: the
+    floor's decoding, one resize of image (bilinear) and mask (nearest) to the crop size, and the copy of each
+    `batch_size` pairs into a batch."""
+    images, masks = dataset.images, dataset.masks
+    size, kept = (crop[1], crop[0]), []
+    start = time.perf_counter()
+    for i in range(count):
+        k = i % len(images)
+        image = cv2.resize(cv2.imread(str(images[k]), cv2.IMREAD_COLOR), size, interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(cv2.imread(str(masks[k]), cv2.IMREAD_UNCHANGED), size, interpolation=cv2.INTER_NEAREST)
+        kept.append((image, mask))
+        if len(kept) == batch_size or i == count - 1:
+            np.stack([im for im, _ in kept]), np.stack([m for _, m in kept])
+            kept = []
     return count / (time.perf_counter() - start)
 
 
@@ -108,27 +130,46 @@ def main(argv: list[str]) -> dict:
         datamodule.setup("fit")
         data = datamodule.dataset("train")
         with_floor = workers == 0 and settings["floor"] == "true" and hasattr(data, "images")
-        loader, floor = [], []
+        loader, floor, ceiling = [], [], []
+        crop = tuple(cfg.data.get("crop_size") or ())
         for _ in range(int(settings["reps"]) if with_floor else 1):
             rate, got = loader_rate(datamodule, batches)
             loader.append(rate)
             if with_floor:
-                floor.append(floor_rate(data, sum(len(b["image"]) for b in got)))
+                count = sum(len(b["image"]) for b in got)
+                floor.append(floor_rate(data, count))
+                if len(crop) == 2:
+                    ceiling.append(ceiling_rate(data, count, crop, cfg.data.batch_size))
         result[workers] = statistics.median(loader)
         row = f"| {workers} | {result[workers]:.1f} |"
         if with_floor:
             result["floor"] = statistics.median(floor)
             result["ratio"] = result[0] / result["floor"]
             result["device"] = device_rate(datamodule, got)
-            row += f" {result['floor']:.1f} | {result['ratio']:.2f} | {result['device']:.1f} |"
+            row += f" {result['floor']:.1f} | {result['ratio']:.2f} |"
+            if ceiling:
+                result["ceiling"] = statistics.median(ceiling) / result["floor"]
+                row += f" {result['ceiling']:.2f} |"
+            else:
+                row += " |"
+            row += f" {result['device']:.1f} |"
         else:
-            row += " | | |"
+            row += " | | | |"
         rows.append(row)
-    print("\n| workers | loader images/s | decode floor pairs/s | loader / floor | device transform images/s (CPU) |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "\n| workers | loader images/s | decode floor pairs/s | loader / floor | ceiling / floor "
+        "| device transform images/s (CPU) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     if "ratio" in result:
         print(f"loader / decode floor = {result['ratio']:.2f} (0 workers; target >= 0.85)")
+    if "ceiling" in result:
+        print(
+            f"ceiling / decode floor = {result['ceiling']:.2f} (decoding, one resize to the crop and the batch copy: "
+            f"the most a pipeline of this crop size can reach; loader / ceiling = "
+            f"{result['ratio'] / result['ceiling']:.2f})"
+        )
     return result
 
 

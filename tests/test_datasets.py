@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from src.check import check
 from src.data.base import reseed_transform
-from src.data.transforms import RandomRescaleCrop, label_counts
+from src.data.transforms import PadIfNeeded, RandomRescaleCrop, label_counts
 from src.errors import UserError
 from src.eval import evaluate
 from src.run import instantiate
@@ -278,6 +278,18 @@ def test_label_counts_match_a_sort_based_count(dtype, ignore):
     labels[:5] = ignore if ignore >= 0 or dtype != np.uint8 else 0
     values, counts = np.unique(labels, return_counts=True)
     assert label_counts(labels, ignore).tolist() == counts[values != ignore].tolist()
+
+
+@pytest.mark.parametrize("height, width", [(5, 7), (8, 10), (12, 4), (9, 13)])
+def test_pad_if_needed_is_albumentations_own_without_the_copy_of_what_fits(height, width):
+    args = dict(min_height=8, min_width=10, position="top_left", border_mode=0, fill=(1, 2, 3), fill_mask=255)
+    rng = np.random.default_rng(height)
+    image, mask = rng.integers(0, 256, (height, width, 3), np.uint8), rng.integers(0, 12, (height, width), np.uint8)
+    ours, library = PadIfNeeded(**args)(image=image, mask=mask), A.PadIfNeeded(**args)(image=image, mask=mask)
+    for key in ("image", "mask"):
+        np.testing.assert_array_equal(ours[key], library[key])
+    fits = height >= 8 and width >= 10
+    assert np.shares_memory(ours["image"], image) == fits and np.shares_memory(ours["mask"], mask) == fits
 
 
 @pytest.mark.parametrize("case", ["ade20k", "cityscapes_labelIds_only", "voc", "camvid", "folder_index"])

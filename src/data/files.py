@@ -34,6 +34,7 @@ MAX_LISTED = 5  # problems named in a validate() message
 
 # -- reading -----------------------------------------------------------------------------------------------
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes to RGB (no BGR -> RGB pass)
 
 
 def _read(path: str) -> tuple[bytes, np.ndarray | None]:
@@ -61,10 +62,11 @@ def read_image(path: str) -> np.ndarray:
         if image.ndim == 2 or image.shape[2] == 1:
             return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         return np.ascontiguousarray(image)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    flags = (IMREAD_RGB or cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None:
         raise DataError(f"{path}: cannot be read as an image (corrupt or not an image file).")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image if IMREAD_RGB else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: str) -> np.ndarray:
