@@ -348,3 +348,31 @@ def test_channels_last_gives_the_same_logits(name):
         module = SegmentationModule(net, loss=None, optimizer=None, num_classes=NUM_CLASSES, channels_last=True)
         assert next(p for p in net.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_train_metrics_count_every_kth_pixel_of_every_kth_row(stride):
+    """`module.train_metrics_stride`: the training confusion matrix counts the pixels (i, j) with i and j multiples
+    of k, ignored ones left out; the loss still sees every pixel."""
+    import numpy as np
+
+    from src.losses.ce import CrossEntropy
+    from src.models.module import SegmentationModule
+
+    torch.manual_seed(0)
+    net = build("model=unet_small").eval()
+    module = SegmentationModule(
+        net, loss=CrossEntropy(), optimizer=None, num_classes=NUM_CLASSES, train_metrics_stride=stride
+    )
+    module.log = lambda *a, **k: None
+    images, mask = torch.randn(2, 3, 32, 32), torch.randint(0, NUM_CLASSES, (2, 32, 32), dtype=torch.uint8)
+    mask[:, :5] = 255
+    module.training_step({"image": images, "mask": mask}, 0)
+    with torch.no_grad():
+        pred = module(images).argmax(1)[:, ::stride, ::stride].flatten().numpy()
+    gt = mask[:, ::stride, ::stride].flatten().long().numpy()
+    keep = gt != 255
+    expected = np.bincount(gt[keep] * NUM_CLASSES + pred[keep], minlength=NUM_CLASSES**2)
+    assert module.metrics["train_"].confmat.flatten().tolist() == expected.tolist()
+    rows = [r for r in range(0, 32, stride) if r >= 5]  # rows 0..4 are ignored
+    assert expected.sum() == 2 * len(rows) * len(range(0, 32, stride))
