@@ -36,8 +36,9 @@ class SegmentationModule(L.LightningModule):
     head_lr_mult, norm_weight_decay, no_decay_keys, layer_decay: parameter-group settings (src/models/optim.py).
     train_metrics: also accumulate a confusion matrix on training batches (an argmax and a scatter-add per step).
     train_metrics_stride: ... on every k-th pixel of every k-th row (1: all). The argmax over classes runs at
-        ~5 ns per logit on a CPU whatever the precision: on all pixels 2.5% of a step of the default run under bf16
-        autocast, on a quarter (k = 2, the default) 0.7% (benchmarks/step.py). Evaluation always scores every pixel.
+        ~5 ns per logit on a CPU whatever the precision: on all pixels 2.5% of a step of the default run under
+        bf16 autocast, on a quarter (k = 2, configs/train.yaml's default) 0.7% (benchmarks/step.py). Evaluation
+        scores every pixel.
     channels_last: run the network in channels-last memory layout (faster convolutions with oneDNN on CPUs and
         with tensor cores on GPUs under mixed precision).
     """
