@@ -40,6 +40,8 @@ def write(src: Path, dst: Path, short: int, count: int) -> Path:
         for i, frame in enumerate(chosen, 1):
             image = cv2.imread(str(frame), cv2.IMREAD_COLOR)
             mask = cv2.imread(str(src / "trainannot" / frame.name), cv2.IMREAD_UNCHANGED)
+            if image is None or mask is None:
+                raise SystemExit(f"{frame}: unreadable, or {src / 'trainannot' / frame.name} missing")
             h, w = image.shape[:2]
             size = (round(w * short / min(h, w)), round(h * short / min(h, w)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)

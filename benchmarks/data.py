@@ -51,29 +51,26 @@ def loader_rate(datamodule, batches: int) -> tuple[float, list]:
     return count / (time.perf_counter() - start), got
 
 
-def floor_rate(dataset, count: int) -> float:
-    """Image+mask pairs per second, OpenCV decoding alone, over the first `count` files of the dataset."""
+def decode_rate(dataset, count: int, crop: tuple[int, int] | None = None, batch_size: int = 1) -> float:
+    """Image+mask pairs per second over the first `count` files of the dataset: OpenCV decoding alone (the floor),
+    or with `crop` the least any training pipeline of that crop size does on the host (the ceiling): also one
+    resize of image (bilinear) and mask (nearest) to the crop, and the copy of each `batch_size` pairs into a
+    batch."""
     images, masks = dataset.images, dataset.masks
+    size, kept = (crop[1], crop[0]) if crop else None, []
     start = time.perf_counter()
     for i in range(count):
         k = i % len(images)
-        cv2.imread(str(images[k]), cv2.IMREAD_COLOR)
-        cv2.imread(str(masks[k]), cv2.IMREAD_UNCHANGED)
-    return count / (time.perf_counter() - start)
-
-
-def ceiling_rate(dataset, count: int, crop: tuple[int, int], batch_size: int) -> float:
-    """Image+mask pairs per second of the least any training pipeline of this crop size does on the host: the
-    floor's decoding, one resize of image (bilinear) and mask (nearest) to the crop size, and the copy of each
-    `batch_size` pairs into a batch."""
-    images, masks = dataset.images, dataset.masks
-    size, kept = (crop[1], crop[0]), []
-    start = time.perf_counter()
-    for i in range(count):
-        k = i % len(images)
-        image = cv2.resize(cv2.imread(str(images[k]), cv2.IMREAD_COLOR), size, interpolation=cv2.INTER_LINEAR)
-        mask = cv2.resize(cv2.imread(str(masks[k]), cv2.IMREAD_UNCHANGED), size, interpolation=cv2.INTER_NEAREST)
-        kept.append((image, mask))
+        image = cv2.imread(str(images[k]), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(masks[k]), cv2.IMREAD_UNCHANGED)
+        if size is None:
+            continue
+        kept.append(
+            (
+                cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
+                cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST),
+            )
+        )
         if len(kept) == batch_size or i == count - 1:
             np.stack([im for im, _ in kept]), np.stack([m for _, m in kept])
             kept = []
@@ -124,6 +121,7 @@ def main(argv: list[str]) -> dict:
     print(f"data={cfg.data._target_.rsplit('.', 1)[-1]} batch_size={cfg.data.batch_size} ({' '.join(overrides)})")
     result: dict = {}
     rows = []
+    crop = tuple(cfg.data.get("crop_size") or ())
     for workers in (int(w) for w in settings["workers"].split(",")):
         cfg.data.num_workers = workers
         datamodule = build_datamodule(cfg)
@@ -131,15 +129,14 @@ def main(argv: list[str]) -> dict:
         data = datamodule.dataset("train")
         with_floor = workers == 0 and settings["floor"] == "true" and hasattr(data, "images")
         loader, floor, ceiling = [], [], []
-        crop = tuple(cfg.data.get("crop_size") or ())
         for _ in range(int(settings["reps"]) if with_floor else 1):
             rate, got = loader_rate(datamodule, batches)
             loader.append(rate)
             if with_floor:
                 count = sum(len(b["image"]) for b in got)
-                floor.append(floor_rate(data, count))
+                floor.append(decode_rate(data, count))
                 if len(crop) == 2:
-                    ceiling.append(ceiling_rate(data, count, crop, cfg.data.batch_size))
+                    ceiling.append(decode_rate(data, count, crop, cfg.data.batch_size))
         result[workers] = statistics.median(loader)
         row = f"| {workers} | {result[workers]:.1f} |"
         if with_floor:

@@ -57,8 +57,9 @@ def _is_number(value) -> bool:
 def check_config(cfg: DictConfig) -> None:
     """Refuse values that cannot work, naming the key, before any data is read or any object is built.
 
-    Batch sizes, workers, the learning rate, the epoch budget of a training run, class-weight lists, and an
-    accelerator that is not there. Keys a config does not have (e.g. src.check's) are skipped.
+    Batch sizes, workers, the train metrics' stride, the learning rate, the epoch budget of a training run,
+    class-weight lists, and an accelerator that is not there. Keys a config does not have (e.g. src.check's) are
+    skipped.
     """
     data = cfg.get("data") or {}
     for key in ("batch_size", "eval_batch_size"):
@@ -70,6 +71,12 @@ def check_config(cfg: DictConfig) -> None:
     workers = data.get("num_workers", 0)
     if not _is_int(workers) or workers < 0:
         raise UserError(f"data.num_workers={workers}: must be 0 (load in the main process) or more worker processes.")
+    stride = (cfg.get("module") or {}).get("train_metrics_stride", 1)
+    if not _is_int(stride) or stride < 1:
+        raise UserError(
+            f"module.train_metrics_stride={stride}: must be a whole number of at least 1 (1: train metrics on every "
+            "pixel, k: on every k-th pixel of every k-th row)."
+        )
     lr = (cfg.get("optimizer") or {}).get("lr")
     if "optimizer" in cfg and (not _is_number(lr) or lr <= 0):
         raise UserError(f"optimizer.lr={lr}: must be a number above 0, e.g. optimizer.lr=1e-3.")

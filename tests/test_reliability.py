@@ -271,6 +271,7 @@ def test_sigterm_stops_cleanly_with_a_loadable_last_checkpoint(tmp_path):
         ("data.batch_size=abc", "data.batch_size=abc"),
         ("+data.eval_batch_size=0", "data.eval_batch_size=0"),
         ("data.num_workers=-1", "data.num_workers=-1"),
+        ("module.train_metrics_stride=0", "module.train_metrics_stride=0"),
         ("optimizer.lr=0", "optimizer.lr=0"),
         ("optimizer.lr=-0.1", "optimizer.lr=-0.1"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0: nothing would be trained"),
