@@ -376,3 +376,49 @@ def test_train_metrics_count_every_kth_pixel_of_every_kth_row(stride):
     assert module.metrics["train_"].confmat.flatten().tolist() == expected.tolist()
     rows = [r for r in range(0, 32, stride) if r >= 5]  # rows 0..4 are ignored
     assert expected.sum() == 2 * len(rows) * len(range(0, 32, stride))
+
+
+def test_train_losses_are_logged_at_the_log_steps_and_as_the_epochs_sample_mean(tmp_path):
+    """`train/loss_step` is the step's loss on the steps the loggers write (every `log_every_n_steps`), and
+    `train/loss_epoch` the epoch's mean over samples (batches of 2, 2 and 1 weigh 2:2:1), summed by the module
+    between the steps it hands to `self.log`."""
+    import csv
+    import functools
+
+    import lightning as L
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from src.losses.ce import CrossEntropy
+    from src.models.module import SegmentationModule
+
+    torch.manual_seed(0)
+    samples = [{"image": torch.randn(3, 8, 8), "mask": torch.randint(0, 3, (8, 8))} for _ in range(5)]
+    module = SegmentationModule(
+        nn.Conv2d(3, 3, 1), CrossEntropy(), functools.partial(torch.optim.SGD), lr=0.5, num_classes=3
+    )
+    seen = []  # (loss, batch size) of every step, as training computed it
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((outputs["loss"].item(), len(batch["mask"])))
+
+    trainer = L.Trainer(
+        max_epochs=2,
+        log_every_n_steps=2,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="run"),
+        callbacks=[Record()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, DataLoader(samples, batch_size=2))
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    step_values = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    epoch_values = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert [n for _, n in seen] == [2, 2, 1, 2, 2, 1]
+    assert step_values == pytest.approx([loss for loss, _ in seen[1::2]], rel=1e-6)
+    means = [sum(loss * n for loss, n in seen[e : e + 3]) / 5 for e in (0, 3)]
+    assert epoch_values == pytest.approx(means, rel=1e-6)

@@ -163,7 +163,10 @@ class EpochSeed(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         s = (self.seed * 1_000_003 + trainer.current_epoch * 100_003 + batch_idx) % 2**32
-        torch.manual_seed(s)
+        if pl_module.device.type == "cpu":  # torch.manual_seed also queues CUDA's seeding: 0.1 ms a step here
+            torch.default_generator.manual_seed(s)
+        else:
+            torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
 

@@ -106,8 +106,11 @@ class RandomRescaleCrop(DualTransform):
             1024) for Cityscapes; None: the image's own size (images of many sizes, as in `data=folder`).
         ratio_range: the rescale factor r is uniform in it.
         cat_max_ratio: the crop is redrawn (up to `max_tries` draws) while one class covers more than this share
-            of its labelled pixels (counted at source resolution); a crop with a single class is redrawn too.
-            1.0: a plain random crop.
+            of its labelled pixels; a crop with a single class is redrawn too. 1.0: a plain random crop.
+        count_grid: the shares are counted at source resolution on every k-th pixel of every k-th row of the
+            window, k = max(1, min(window height, width) // count_grid), so on a grid of at least `count_grid`
+            rows and columns (64: 0.05 ms instead of 0.27 for a window of 100k pixels, and the same decisions as
+            a full count on 560 ADE20K-layout windows; tests/test_datasets.py). 0: every pixel.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class RandomRescaleCrop(DualTransform):
         ignore_index: int = 255,
         max_tries: int = 10,
         interpolation: int = cv2.INTER_LINEAR,
+        count_grid: int = 64,
         p: float = 1.0,
     ):
         super().__init__(p=p)
@@ -127,6 +131,7 @@ class RandomRescaleCrop(DualTransform):
         self.scale = tuple(scale) if scale is not None else None
         self.ratio_range, self.cat_max_ratio = tuple(ratio_range), cat_max_ratio
         self.ignore_index, self.max_tries, self.interpolation = ignore_index, max_tries, interpolation
+        self.count_grid = count_grid
 
     def _window(self, shape: tuple[int, int], rescaled: tuple[int, int], size: tuple[int, int]) -> tuple[int, ...]:
         """A random `size` crop of the rescaled image, as (top, left, bottom, right) of the source image."""
@@ -150,7 +155,9 @@ class RandomRescaleCrop(DualTransform):
         if mask is None or self.cat_max_ratio >= 1.0 or size == rescaled:  # (the last: the whole image)
             return {"window": window, "size": size}
         for _ in range(self.max_tries - 1):
-            counts = label_counts(mask[window[0] : window[2], window[1] : window[3]], self.ignore_index)
+            top, left, bottom, right = window
+            k = max(1, min(bottom - top, right - left) // self.count_grid) if self.count_grid else 1
+            counts = label_counts(mask[top:bottom:k, left:right:k], self.ignore_index)
             if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                 break
             window = self._window(shape, rescaled, size)
@@ -164,4 +171,4 @@ class RandomRescaleCrop(DualTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         names = ("height", "width", "scale", "ratio_range", "cat_max_ratio", "ignore_index", "max_tries")
-        return (*names, "interpolation")
+        return (*names, "interpolation", "count_grid")

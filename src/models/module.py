@@ -1,9 +1,10 @@
 """The one LightningModule every architecture trains under.
 
 It takes a network (logits at input size), a loss, an optimizer factory and a schedule factory, all built by Hydra
-from config, and logs the same things for every architecture: `train/loss` (and the terms of a weighted sum), and per
-evaluation `val/` or `test/` + mIoU, aAcc, mAcc, fwIoU, mDice, mF1 and per-class IoU, all from one confusion
-matrix (src/metrics.py). `predict_step` returns label maps (N,H,W).
+from config, and logs the same things for every architecture: `train/loss_step` (every `trainer.log_every_n_steps`)
+and `train/loss_epoch` (and so the terms of a weighted sum), `val/loss` and `test/loss`, and per evaluation `val/`
+or `test/` + mIoU, aAcc, mAcc, fwIoU, mDice, mF1 and per-class IoU, all from one confusion matrix
+(src/metrics.py). `predict_step` returns label maps (N,H,W).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class SegmentationModule(L.LightningModule):
     train_metrics: also accumulate a confusion matrix on training batches (an argmax and a scatter-add per step).
     train_metrics_stride: ... on every k-th pixel of every k-th row (1: all). The argmax over classes runs at
         ~5 ns per logit on a CPU whatever the precision: on all pixels 2.5% of a step of the default run under
-        bf16 autocast, on a quarter (k = 2, configs/train.yaml's default) 0.7% (benchmarks/step.py). Evaluation
-        scores every pixel.
+        bf16 autocast, on a quarter (k = 2) 0.7%, on a 16th (k = 4, configs/train.yaml's default) 0.2%
+        (benchmarks/step.py). Evaluation scores every pixel.
     channels_last: run the network in channels-last memory layout (faster convolutions with oneDNN on CPUs and
         with tensor cores on GPUs under mixed precision).
     """
@@ -79,6 +80,8 @@ class SegmentationModule(L.LightningModule):
             {f"{stage}_": SegMetrics(num_classes, ignore_index, self.class_names) for stage in ("train", "val", "test")}
         )  # keys get a "_" because ModuleDict may not shadow nn.Module.train
         self.results: dict[str, dict] = {}  # stage -> the last scores computed (read by src.train / src.eval)
+        self._train_sums: dict[str, torch.Tensor] = {}  # this epoch's training losses x samples (_log_train_losses)
+        self._train_count = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -104,22 +107,41 @@ class SegmentationModule(L.LightningModule):
         extras = {k: batch[k] for k in self.loss_keys if k in batch}
         out = self.loss(logits, batch["mask"], **extras)
         terms = out if isinstance(out, dict) else {"loss": out}
-        on_step = stage == "train"
-        # a single loss's one term is the total: logged once, as <stage>/loss (each self.log costs Python time in
-        # every step); the terms of a weighted sum are logged beside it. Values stay on the device: Lightning reads
-        # them when it writes the logs (every trainer.log_every_n_steps) and the progress bar at its own interval.
+        # a single loss's one term is the total: logged once, as <stage>/loss; the terms of a weighted sum are
+        # logged beside it. Values stay on the device (read when the logs are written, and by the progress bar at
+        # its own interval).
         names = [name for name in terms if name != "loss"]
-        for name in ["loss"] + (names if len(names) > 1 else []):
-            self.log(
-                f"{stage}/{name}",
-                terms[name],
-                on_step=on_step,
-                on_epoch=True,
-                prog_bar=name == "loss",
-                batch_size=len(logits),
-                sync_dist=not on_step,
-            )
+        names = ["loss"] + (names if len(names) > 1 else [])
+        if stage == "train":
+            self._log_train_losses({name: terms[name] for name in names}, len(logits))
+        else:
+            for name in names:
+                self.log(
+                    f"{stage}/{name}",
+                    terms[name],
+                    on_step=False,
+                    on_epoch=True,
+                    prog_bar=name == "loss",
+                    batch_size=len(logits),
+                    sync_dist=True,
+                )
         return terms["loss"]
+
+    def _log_train_losses(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        """`train/<name>_step` on the steps the loggers write (every `trainer.log_every_n_steps`), and
+        `train/<name>_epoch`, the epoch's mean over samples, at its end (this process's samples, as Lightning's
+        own epoch mean of training values). In between the losses are summed here, on the device: Lightning's
+        `self.log` costs 0.3-0.6 ms a call (it moves its whole record of the value to the value's device every
+        time), 0.4% of a CPU step of the default run and more of a short GPU step."""
+        for name, value in losses.items():
+            value = value.detach().float() * batch_size
+            self._train_sums[name] = self._train_sums[name] + value if name in self._train_sums else value
+        self._train_count += batch_size
+        trainer = self._trainer
+        if trainer is None or not (trainer.fast_dev_run or trainer._logger_connector.should_update_logs):
+            return
+        for name, value in losses.items():
+            self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
 
     def training_step(self, batch, batch_idx):
         logits = self(batch["image"])
@@ -158,7 +180,13 @@ class SegmentationModule(L.LightningModule):
             {f"{stage}/IoU/{name}": v["IoU"] for name, v in scores["per_class"].items() if not math.isnan(v["IoU"])}
         )
 
+    def on_train_epoch_start(self):
+        self._train_sums.clear()
+        self._train_count = 0
+
     def on_train_epoch_end(self):
+        for name, total in self._train_sums.items():
+            self.log(f"train/{name}_epoch", total / self._train_count, on_epoch=True, prog_bar=name == "loss")
         self._log_scores("train")
 
     def on_validation_epoch_end(self):
