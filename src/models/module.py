@@ -2,9 +2,9 @@
 
 It takes a network (logits at input size), a loss, an optimizer factory and a schedule factory, all built by Hydra
 from config, and logs the same things for every architecture: `train/loss_step` (every `trainer.log_every_n_steps`)
-and `train/loss_epoch` (and so the terms of a weighted sum), `val/loss` and `test/loss`, and per evaluation `val/`
-or `test/` + mIoU, aAcc, mAcc, fwIoU, mDice, mF1 and per-class IoU, all from one confusion matrix
-(src/metrics.py). `predict_step` returns label maps (N,H,W).
+and `train/loss_epoch`, `val/loss` and `test/loss` (and the same for each term of a weighted sum), and per
+evaluation `val/` or `test/` + mIoU, aAcc, mAcc, fwIoU, mDice, mF1 and per-class IoU, all from one confusion
+matrix (src/metrics.py). `predict_step` returns label maps (N,H,W).
 """
 
 from __future__ import annotations
@@ -138,7 +138,10 @@ class SegmentationModule(L.LightningModule):
             self._train_sums[name] = self._train_sums[name] + value if name in self._train_sums else value
         self._train_count += batch_size
         trainer = self._trainer
-        if trainer is None or not (trainer.fast_dev_run or trainer._logger_connector.should_update_logs):
+        if trainer is None:
+            return
+        connector = getattr(trainer, "_logger_connector", None)  # Lightning's; without it, log every step
+        if connector is not None and not (trainer.fast_dev_run or connector.should_update_logs):
             return
         for name, value in losses.items():
             self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
