@@ -5,11 +5,13 @@
 
 Any other argument is a `python -m src.train` override, so the pipeline measured is the one a run would use,
 e.g. `data=camvid data.data_dir=../shared/data/camvid`. The first batch of each setting (worker start-up) is not
-timed. With `floor=true` (file datasets), the decode floor is measured on the same files in the same order:
-OpenCV decoding image and mask, nothing else; its row and the loader's ratio to it (0 workers) are printed, the
-two alternating `reps` times (medians), so that load from other processes hits both. With a crop size
-(`data.crop_size`), the ceiling is measured too: the floor's decoding plus what no host pipeline of that crop size
-can leave out (one resize of image and mask to the crop, the copy into the batch), as a ratio to the floor.
+timed. With `floor=true` (file datasets, 0 workers), the decode floor is measured on the same files: OpenCV
+decoding image and mask, nothing else. Batch by batch, the loader makes a batch, then the floor decodes that
+batch's very files, so that a slow spell of this machine hits both; the loader's ratio to the floor is the median
+of the per-batch ratios over `reps` passes of `batches` batches (their quartiles beside it). With a crop size
+(`data.crop_size`), the ceiling is measured the same way: the floor's decoding plus what no host pipeline of that
+crop size can leave out (one resize of image and mask to the crop, the copy into the batch), as a ratio to the
+floor.
 `threads` sets torch.set_num_threads and cv2.setNumThreads (1: one core). The device-side transform
 (normalisation, photometric distortion: src/data/device.py) runs after the loader, on the device; its cost on this
 CPU is printed apart.
@@ -51,30 +53,57 @@ def loader_rate(datamodule, batches: int) -> tuple[float, list]:
     return count / (time.perf_counter() - start), got
 
 
-def decode_rate(dataset, count: int, crop: tuple[int, int] | None = None, batch_size: int = 1) -> float:
-    """Image+mask pairs per second over the first `count` files of the dataset: OpenCV decoding alone (the floor),
-    or with `crop` the least any training pipeline of that crop size does on the host (the ceiling): also one
-    resize of image (bilinear) and mask (nearest) to the crop, and the copy of each `batch_size` pairs into a
-    batch."""
-    images, masks = dataset.images, dataset.masks
+def decode_time(dataset, indices: list[int], crop: tuple[int, int] | None = None) -> float:
+    """Seconds to decode the image and mask files at `indices` with OpenCV, nothing else (the floor), or with `crop`
+    the least any training pipeline of that crop size does on the host (the ceiling): also one resize of image
+    (bilinear) and mask (nearest) to the crop, and the copy of the pairs into a batch."""
     size, kept = (crop[1], crop[0]) if crop else None, []
     start = time.perf_counter()
-    for i in range(count):
-        k = i % len(images)
-        image = cv2.imread(str(images[k]), cv2.IMREAD_COLOR)
-        mask = cv2.imread(str(masks[k]), cv2.IMREAD_UNCHANGED)
-        if size is None:
-            continue
-        kept.append(
-            (
-                cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
-                cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST),
+    for k in indices:
+        image = cv2.imread(str(dataset.images[k]), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(dataset.masks[k]), cv2.IMREAD_UNCHANGED)
+        if size is not None:
+            kept.append(
+                (
+                    cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
+                    cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST),
+                )
             )
-        )
-        if len(kept) == batch_size or i == count - 1:
-            np.stack([im for im, _ in kept]), np.stack([m for _, m in kept])
-            kept = []
-    return count / (time.perf_counter() - start)
+    if kept:
+        np.stack([im for im, _ in kept]), np.stack([m for _, m in kept])
+    return time.perf_counter() - start
+
+
+def paired_pass(datamodule, batches: int, crop: tuple[int, int] | None) -> tuple[dict[str, list[float]], list]:
+    """0 workers: each batch out of the training DataLoader, then the floor (and with `crop` the ceiling) on that
+    batch's files. Returns per batch the seconds of the loader, floor and ceiling and the images in it; and the
+    batches."""
+    loader = datamodule.train_dataloader()
+    # the sampler's order is a function of (seed, epoch): iterating it here gives the loader's own order
+    order = [item[0] if isinstance(item, tuple) else item for item in loader.sampler]
+    data, size = loader.dataset, loader.batch_size
+    times: dict[str, list[float]] = {"loader": [], "floor": [], "ceiling": [], "images": []}
+    got = []
+    batches_out = iter(loader)
+    next(batches_out)
+    for b in range(1, batches + 1):
+        start = time.perf_counter()
+        batch = next(batches_out, None)
+        if batch is None:
+            break
+        times["loader"].append(time.perf_counter() - start)
+        got.append(batch)
+        files = order[b * size : b * size + len(batch["image"])]
+        times["images"].append(len(files))
+        times["floor"].append(decode_time(data, files))
+        if crop:
+            times["ceiling"].append(decode_time(data, files, crop))
+    return times, got
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return q[0], q[2]
 
 
 def device_rate(datamodule, batches: list) -> float:
@@ -128,30 +157,27 @@ def main(argv: list[str]) -> dict:
         datamodule.setup("fit")
         data = datamodule.dataset("train")
         with_floor = workers == 0 and settings["floor"] == "true" and hasattr(data, "images")
-        loader, floor, ceiling = [], [], []
-        for _ in range(int(settings["reps"]) if with_floor else 1):
-            rate, got = loader_rate(datamodule, batches)
-            loader.append(rate)
-            if with_floor:
-                count = sum(len(b["image"]) for b in got)
-                floor.append(decode_rate(data, count))
-                if len(crop) == 2:
-                    ceiling.append(decode_rate(data, count, crop, cfg.data.batch_size))
-        result[workers] = statistics.median(loader)
-        row = f"| {workers} | {result[workers]:.1f} |"
-        if with_floor:
-            result["floor"] = statistics.median(floor)
-            result["ratio"] = result[0] / result["floor"]
-            result["device"] = device_rate(datamodule, got)
-            row += f" {result['floor']:.1f} | {result['ratio']:.2f} |"
-            if ceiling:
-                result["ceiling"] = statistics.median(ceiling) / result["floor"]
-                row += f" {result['ceiling']:.2f} |"
-            else:
-                row += " |"
-            row += f" {result['device']:.1f} |"
+        if not with_floor:
+            result[workers] = loader_rate(datamodule, batches)[0]
+            rows.append(f"| {workers} | {result[workers]:.1f} | | | | |")
+            continue
+        times: dict[str, list[float]] = {}
+        for _ in range(int(settings["reps"])):
+            run, got = paired_pass(datamodule, batches, crop if len(crop) == 2 else None)
+            times = {k: times.get(k, []) + v for k, v in run.items()}
+        result[workers] = sum(times["images"]) / sum(times["loader"])
+        result["floor"] = sum(times["images"]) / sum(times["floor"])
+        ratios = [f / t for f, t in zip(times["floor"], times["loader"])]
+        result["ratio"], result["ratio_quartiles"] = statistics.median(ratios), quartiles(ratios)
+        result["device"] = device_rate(datamodule, got)
+        row = f"| {workers} | {result[workers]:.1f} | {result['floor']:.1f} | {result['ratio']:.2f} |"
+        if times["ceiling"]:
+            ceilings = [f / c for f, c in zip(times["floor"], times["ceiling"])]
+            result["ceiling"], result["ceiling_quartiles"] = statistics.median(ceilings), quartiles(ceilings)
+            row += f" {result['ceiling']:.2f} |"
         else:
-            row += " | | | |"
+            row += " |"
+        row += f" {result['device']:.1f} |"
         rows.append(row)
     print(
         "\n| workers | loader images/s | decode floor pairs/s | loader / floor | ceiling / floor "
@@ -160,11 +186,16 @@ def main(argv: list[str]) -> dict:
     print("|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     if "ratio" in result:
-        print(f"loader / decode floor = {result['ratio']:.2f} (0 workers; target >= 0.85)")
-    if "ceiling" in result:
+        low, high = result["ratio_quartiles"]
         print(
-            f"ceiling / decode floor = {result['ceiling']:.2f} (decoding, one resize to the crop and the batch copy: "
-            f"the most a pipeline of this crop size can reach; loader / ceiling = "
+            f"loader / decode floor = {result['ratio']:.2f} (0 workers, median of the per-batch ratios, quartiles "
+            f"{low:.2f}-{high:.2f}; target >= 0.85)"
+        )
+    if "ceiling" in result:
+        low, high = result["ceiling_quartiles"]
+        print(
+            f"ceiling / decode floor = {result['ceiling']:.2f} (quartiles {low:.2f}-{high:.2f}; decoding, one resize "
+            f"to the crop and the batch copy: the most a pipeline of this crop size can reach; loader / ceiling = "
             f"{result['ratio'] / result['ceiling']:.2f})"
         )
     return result

@@ -86,6 +86,24 @@ def test_data_benchmark_prints_the_decode_floor_and_the_ratio(tmp_path, capsys):
     assert result["floor"] > 0 and result["ratio"] > 0 and "loader / decode floor = " in out
 
 
+def test_data_benchmark_pairs_each_batch_with_the_decode_of_its_own_files(tmp_path, monkeypatch):
+    """The floor of a batch decodes the files that batch was made from (the sampler's seeds tell them apart)."""
+    from src.run import build_datamodule
+    from tests.conftest import compose_config
+    from tests.fake_data import write_camvid
+
+    fake = write_camvid(tmp_path / "data")
+    overrides = ["data=camvid", f"data.data_dir={fake.root}", "data.batch_size=1", "data.num_workers=0"]
+    datamodule = build_datamodule(compose_config("train", overrides, tmp_path / "cfg"))
+    datamodule.setup("fit")
+    benchmark, decoded = load_benchmark("data"), []
+    monkeypatch.setattr(benchmark, "decode_time", lambda data, files, crop=None: decoded.append(files) or 1e-3)
+    times, got = benchmark.paired_pass(datamodule, 3, None)
+    seed_of = dict(iter(datamodule.train_dataloader().sampler))  # index -> this epoch's seed
+    assert len(got) == 3 and times["images"] == [1, 1, 1] and len(times["loader"]) == 3
+    assert [[seed_of[i] for i in files] for files in decoded] == [batch["seed"].tolist() for batch in got]
+
+
 def test_ade_like_copy_has_ade20k_labels_and_feeds_the_data_benchmark(tmp_path, capsys):
     """benchmarks/ade_like.py writes a CamVid-layout dataset in ADE20K's layout (JPEG images, labels + 1, CamVid's
     unlabelled as ADE20K's "other"): read back through the ADE20K dataset, the labels are CamVid's."""
