@@ -131,6 +131,8 @@ class RandomRescaleCrop(DualTransform):
         self.scale = tuple(scale) if scale is not None else None
         self.ratio_range, self.cat_max_ratio = tuple(ratio_range), cat_max_ratio
         self.ignore_index, self.max_tries, self.interpolation = ignore_index, max_tries, interpolation
+        if count_grid < 0:
+            raise ValueError(f"RandomRescaleCrop count_grid={count_grid}: must be 0 (count every pixel) or more.")
         self.count_grid = count_grid
 
     def _window(self, shape: tuple[int, int], rescaled: tuple[int, int], size: tuple[int, int]) -> tuple[int, ...]:
